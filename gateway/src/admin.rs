@@ -1,0 +1,98 @@
+//! The admin listener: health, readiness, metrics, the redacted running config, and reload.
+
+use crate::control::Control;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+pub struct Admin {
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    pub fn new(control: Arc<Control>, metrics: Arc<Metrics>) -> Admin {
+        Admin { control, metrics }
+    }
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+fn json_reply(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", value.to_string().into_bytes())
+}
+
+/// `{"error":{...}}` with the admin API's own codes.
+fn admin_error(status: u16, code: &str, message: &str) -> Response<Vec<u8>> {
+    json_reply(
+        status,
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}),
+    )
+}
+
+fn gateway_error(e: GatewayError) -> Response<Vec<u8>> {
+    reply(e.status(), "application/json", e.body().to_vec())
+}
+
+/// Compares digests so the time taken does not depend on how much of the token matched.
+fn token_matches(presented: &str, expected: &str) -> bool {
+    Sha256::digest(presented.as_bytes()) == Sha256::digest(expected.as_bytes())
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.as_str().to_string();
+        let path = session.req_header().uri.path().to_string();
+        let protected = path.starts_with("/admin/") || path == "/dashboard";
+        if protected {
+            if let Some(token) = &self.control.runtime().server.admin_token {
+                let presented = session
+                    .get_header("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                match presented {
+                    None => return gateway_error(GatewayError::MissingKey),
+                    Some(p) if !token_matches(p, token.expose()) => {
+                        return gateway_error(GatewayError::InvalidKey)
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => json_reply(200, json!({"status": "ok"})),
+            ("GET", "/readyz") if self.control.is_draining() => {
+                json_reply(503, json!({"status": "draining"}))
+            }
+            ("GET", "/readyz") => json_reply(200, json!({"status": "ready"})),
+            ("GET", "/metrics") => reply(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            ),
+            ("GET", "/admin/config") => json_reply(200, self.control.runtime().redacted_json()),
+            ("POST", "/admin/reload") => match self.control.reload("admin API").await {
+                Ok(()) => json_reply(200, json!({"status": "reloaded"})),
+                Err(e) => admin_error(400, "invalid_config", &e.to_string()),
+            },
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/reload") => {
+                gateway_error(GatewayError::MethodNotAllowed { method, path })
+            }
+            _ => gateway_error(GatewayError::UnknownPath(path)),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The config file model: exactly what YAML may say, nothing validated beyond shape.
+//! Unknown keys are errors, so a typo never silently changes behaviour.
+
+use super::units::{de_opt_bytes, de_opt_duration};
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub providers: Vec<ProviderSection>,
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+    #[serde(default)]
+    pub keys: Vec<KeySection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    #[serde(default)]
+    pub listen: Option<OneOrMany>,
+    pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub region: Option<String>,
+    pub threads: Option<usize>,
+    #[serde(default, deserialize_with = "de_opt_bytes")]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// `listen: "0.0.0.0:8080"` or `listen: ["0.0.0.0:8080", "[::]:8080"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub name: String,
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub api_key: Option<String>,
+    /// Azure OpenAI's `api-version` query parameter.
+    pub api_version: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub connect: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub first_token: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub idle: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub total: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub name: String,
+    pub strategy: Option<String>,
+    pub targets: Vec<TargetSection>,
+    pub retry: Option<RetrySection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    pub provider: String,
+    pub model: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    pub attempts: Option<u32>,
+    pub on: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    pub id: String,
+    /// Hex sha256 of the key: the file never needs to hold the key itself.
+    pub key_sha256: Option<String>,
+    /// The key in clear (usually `${ENV}`); hashed at load and never shown again.
+    pub key: Option<String>,
+    pub team: Option<String>,
+    pub project: Option<String>,
+    pub models: Option<Vec<String>>,
+}

@@ -1,0 +1,73 @@
+//! Configuration: the YAML file model (`file`), `${ENV}` expansion (`env`), and the validated
+//! runtime model (`runtime`) that requests read through one `ArcSwap`.
+
+pub mod env;
+pub mod file;
+pub mod runtime;
+pub mod secret;
+pub mod units;
+
+pub use runtime::Runtime;
+
+use std::fmt;
+use std::path::Path;
+
+/// A config problem, located: the file, the key path, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, expands, parses and validates a config file. `previous` lets unchanged providers
+/// keep their pools (and so their state) across a reload.
+pub fn load(path: &Path, previous: Option<&Runtime>) -> Result<Runtime, ConfigError> {
+    let file_name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file_name.clone(),
+        path: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let lookup = |name: &str| std::env::var(name).ok();
+    let file = parse(&file_name, &text, &lookup)?;
+    runtime::build(&file_name, path, file, previous)
+}
+
+/// Parses config text into the file model, expanding `${VAR}` references through `lookup`.
+pub fn parse(
+    file_name: &str,
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<file::FileConfig, ConfigError> {
+    let located = |path: String, message: String| ConfigError {
+        file: file_name.to_string(),
+        path,
+        message,
+    };
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| located(String::new(), e.to_string()))?;
+    if value.is_null() {
+        value = serde_yaml::Value::Mapping(Default::default());
+    }
+    let mut expansions = env::Expansions::default();
+    env::expand(&mut value, &mut Vec::new(), lookup, &mut expansions)
+        .map_err(|(path, message)| located(path, message))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        located(path, expansions.redact(&e.into_inner().to_string()))
+    })
+}

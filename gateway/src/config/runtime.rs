@@ -1,0 +1,719 @@
+//! The validated runtime model: everything a request needs, resolved and checked once per
+//! (re)load, so the hot path never parses or validates config.
+
+use super::file::{FileConfig, KeySection, ModelSection, ProviderSection, ServerSection};
+use super::secret::Secret;
+use super::units::format_duration;
+use super::ConfigError;
+use crate::providers::{Provider, ProviderKind, Timeouts};
+use crate::upstream::{Endpoint, Pool};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const STRATEGIES: [&str; 1] = ["fallback"];
+
+pub struct Runtime {
+    pub source: PathBuf,
+    pub loaded_at: SystemTime,
+    pub server: ServerSettings,
+    pub providers: Vec<Arc<Provider>>,
+    /// In file order, for listings.
+    pub models: Vec<Arc<Model>>,
+    model_index: HashMap<String, usize>,
+    /// `None`: no keys configured, the data plane is open.
+    pub keys: Option<KeyTable>,
+}
+
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub region: Option<String>,
+    pub threads: usize,
+    pub max_body_bytes: u64,
+    pub shutdown_grace: Duration,
+}
+
+pub struct Model {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub retry: RetryPolicy,
+}
+
+pub struct Target {
+    pub provider: Arc<Provider>,
+    /// The model name sent upstream.
+    pub model: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// All upstream attempts of a request, the first included.
+    pub attempts: u32,
+    pub on: RetryOn,
+}
+
+/// Which failures move on to the next attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryOn {
+    pub connect: bool,
+    pub timeout: bool,
+    pub status_429: bool,
+    pub status_5xx: bool,
+}
+
+impl RetryOn {
+    const ALL: RetryOn = RetryOn {
+        connect: true,
+        timeout: true,
+        status_429: true,
+        status_5xx: true,
+    };
+
+    pub fn status(&self, status: u16) -> bool {
+        (status == 429 && self.status_429) || (status >= 500 && self.status_5xx)
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        [
+            (self.connect, "connect"),
+            (self.timeout, "timeout"),
+            (self.status_429, "429"),
+            (self.status_5xx, "5xx"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+pub struct Key {
+    pub id: String,
+    pub team: Option<String>,
+    pub project: Option<String>,
+    /// `None`: every model.
+    pub models: Option<HashSet<String>>,
+}
+
+impl Key {
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+}
+
+pub struct KeyTable {
+    by_hash: HashMap<[u8; 32], Arc<Key>>,
+}
+
+impl KeyTable {
+    pub fn find(&self, presented: &str) -> Option<&Arc<Key>> {
+        self.by_hash.get(&sha256(presented.as_bytes()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl Runtime {
+    pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
+        self.model_index.get(name).map(|&i| &self.models[i])
+    }
+
+    /// A human summary of what would run, for `tollgate check` and startup logs.
+    pub fn summary(&self) -> String {
+        let s = &self.server;
+        let mut out = String::new();
+        let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
+        out += &format!(
+            "server: listen {} · admin {}{} · threads {} · max body {} bytes · shutdown grace {}\n",
+            listen.join(", "),
+            s.admin_listen,
+            if s.admin_token.is_some() {
+                " (token required)"
+            } else {
+                ""
+            },
+            s.threads,
+            s.max_body_bytes,
+            format_duration(s.shutdown_grace),
+        );
+        out += &format!("providers ({}):\n", self.providers.len());
+        for p in &self.providers {
+            let endpoints: Vec<String> = p
+                .pool
+                .endpoints
+                .iter()
+                .map(|e| format!("{}://{}{}", if e.tls { "https" } else { "http" }, e.label, e.prefix))
+                .collect();
+            out += &format!(
+                "  {} [{}] {}{}\n",
+                p.name,
+                p.kind,
+                endpoints.join(", "),
+                if p.api_key.is_some() { " · key set" } else { "" }
+            );
+        }
+        out += &format!("models ({}):\n", self.models.len());
+        for m in &self.models {
+            let targets: Vec<String> = m
+                .targets
+                .iter()
+                .map(|t| format!("{}/{}", t.provider.name, t.model))
+                .collect();
+            out += &format!(
+                "  {}: fallback → {} · {} attempts on {}\n",
+                m.name,
+                targets.join(" → "),
+                m.retry.attempts,
+                m.retry.on.names().join(", ")
+            );
+        }
+        match &self.keys {
+            Some(keys) => out += &format!("keys: {}\n", keys.len()),
+            None => out += "keys: none (the data plane accepts requests without a key)\n",
+        }
+        out
+    }
+
+    /// The running config as JSON for `/admin/config`, with every secret redacted.
+    pub fn redacted_json(&self) -> Value {
+        let s = &self.server;
+        let redact = |set: bool| if set { json!("***redacted***") } else { Value::Null };
+        json!({
+            "source": self.source.display().to_string(),
+            "server": {
+                "listen": s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "admin_listen": s.admin_listen.to_string(),
+                "admin_token": redact(s.admin_token.is_some()),
+                "region": s.region,
+                "threads": s.threads,
+                "max_body_bytes": s.max_body_bytes,
+                "shutdown_grace": format_duration(s.shutdown_grace),
+            },
+            "providers": self.providers.iter().map(|p| json!({
+                "name": p.name,
+                "kind": p.kind.name(),
+                "endpoints": p.pool.endpoints.iter().map(|e| json!({
+                    "address": e.label,
+                    "tls": e.tls,
+                    "prefix": e.prefix,
+                })).collect::<Vec<_>>(),
+                "api_key": redact(p.api_key.is_some()),
+                "api_version": p.api_version,
+                "region": p.region,
+                "timeouts": {
+                    "connect": format_duration(p.timeouts.connect),
+                    "first_token": format_duration(p.timeouts.first_token),
+                    "idle": format_duration(p.timeouts.idle),
+                    "total": format_duration(p.timeouts.total),
+                },
+            })).collect::<Vec<_>>(),
+            "models": self.models.iter().map(|m| json!({
+                "name": m.name,
+                "strategy": "fallback",
+                "targets": m.targets.iter().map(|t| json!({
+                    "provider": t.provider.name, "model": t.model,
+                })).collect::<Vec<_>>(),
+                "retry": { "attempts": m.retry.attempts, "on": m.retry.on.names() },
+            })).collect::<Vec<_>>(),
+            "keys": self.keys.as_ref().map(|k| {
+                let mut keys: Vec<&Arc<Key>> = k.by_hash.values().collect();
+                keys.sort_by(|a, b| a.id.cmp(&b.id));
+                keys.iter().map(|key| json!({
+                    "id": key.id,
+                    "team": key.team,
+                    "project": key.project,
+                    "models": key.models.as_ref().map(|m| {
+                        let mut m: Vec<&String> = m.iter().collect();
+                        m.sort();
+                        m
+                    }),
+                })).collect::<Vec<_>>()
+            }),
+        })
+    }
+}
+
+/// Validation context: every error names the file and the key path.
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub fn build(
+    file_name: &str,
+    source: &Path,
+    file: FileConfig,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, ConfigError> {
+    let cx = Ctx { file: file_name };
+    let server = build_server(&cx, file.server)?;
+
+    let mut providers: Vec<Arc<Provider>> = Vec::new();
+    for (i, section) in file.providers.into_iter().enumerate() {
+        let path = format!("providers[{i}]");
+        if providers.iter().any(|p| p.name == section.name) {
+            return Err(cx.err(
+                format!("{path}.name"),
+                format!("duplicate provider name {:?}", section.name),
+            ));
+        }
+        providers.push(Arc::new(build_provider(&cx, &path, section, previous)?));
+    }
+
+    let mut models: Vec<Arc<Model>> = Vec::new();
+    let mut model_index = HashMap::new();
+    for (i, section) in file.models.into_iter().enumerate() {
+        let path = format!("models[{i}]");
+        if model_index.contains_key(&section.name) {
+            return Err(cx.err(
+                format!("{path}.name"),
+                format!("duplicate model name {:?}", section.name),
+            ));
+        }
+        let model = build_model(&cx, &path, section, &providers)?;
+        model_index.insert(model.name.clone(), models.len());
+        models.push(Arc::new(model));
+    }
+
+    let keys = if file.keys.is_empty() {
+        None
+    } else {
+        let mut by_hash = HashMap::new();
+        let mut ids = HashSet::new();
+        for (i, section) in file.keys.into_iter().enumerate() {
+            let path = format!("keys[{i}]");
+            if !ids.insert(section.id.clone()) {
+                return Err(cx.err(
+                    format!("{path}.id"),
+                    format!("duplicate key id {:?}", section.id),
+                ));
+            }
+            let (hash, key) = build_key(&cx, &path, section, &model_index)?;
+            if by_hash.insert(hash, Arc::new(key)).is_some() {
+                return Err(cx.err(path, "the same key appears twice"));
+            }
+        }
+        Some(KeyTable { by_hash })
+    };
+
+    Ok(Runtime {
+        source: source.to_path_buf(),
+        loaded_at: SystemTime::now(),
+        server,
+        providers,
+        models,
+        model_index,
+        keys,
+    })
+}
+
+fn build_server(cx: &Ctx, s: ServerSection) -> Result<ServerSettings, ConfigError> {
+    let listen_text = s
+        .listen
+        .map(|l| l.into_vec())
+        .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    if listen_text.is_empty() {
+        return Err(cx.err("server.listen", "at least one address is needed"));
+    }
+    let mut listen = Vec::new();
+    for (i, a) in listen_text.iter().enumerate() {
+        listen.push(a.parse::<SocketAddr>().map_err(|_| {
+            cx.err(
+                format!("server.listen[{i}]"),
+                format!("invalid address {a:?} (expected ip:port, e.g. 0.0.0.0:8080)"),
+            )
+        })?);
+    }
+    let admin_text = s.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let admin_listen: SocketAddr = admin_text.parse().map_err(|_| {
+        cx.err(
+            "server.admin_listen",
+            format!("invalid address {admin_text:?} (expected ip:port, e.g. 127.0.0.1:9090)"),
+        )
+    })?;
+    let admin_token = s.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
+    if !admin_listen.ip().is_loopback() && admin_token.is_none() {
+        return Err(cx.err(
+            "server.admin_token",
+            format!("required when admin_listen ({admin_listen}) is not a loopback address"),
+        ));
+    }
+    let threads = match s.threads {
+        Some(0) => return Err(cx.err("server.threads", "must be at least 1")),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if max_body_bytes < 1024 {
+        return Err(cx.err("server.max_body_bytes", "must be at least 1KiB"));
+    }
+    Ok(ServerSettings {
+        listen,
+        admin_listen,
+        admin_token,
+        region: s.region,
+        threads,
+        max_body_bytes,
+        shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+    })
+}
+
+fn build_provider(
+    cx: &Ctx,
+    path: &str,
+    s: ProviderSection,
+    previous: Option<&Runtime>,
+) -> Result<Provider, ConfigError> {
+    if s.name.is_empty() {
+        return Err(cx.err(format!("{path}.name"), "must not be empty"));
+    }
+    let kind = ProviderKind::parse(&s.kind).ok_or_else(|| {
+        let known: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.name()).collect();
+        cx.err(
+            format!("{path}.kind"),
+            format!(
+                "unknown provider kind {:?} (known: {})",
+                s.kind,
+                known.join(", ")
+            ),
+        )
+    })?;
+    let defaults = Timeouts::default();
+    let timeouts = Timeouts {
+        connect: s.timeouts.connect.unwrap_or(defaults.connect),
+        first_token: s.timeouts.first_token.unwrap_or(defaults.first_token),
+        idle: s.timeouts.idle.unwrap_or(defaults.idle),
+        total: s.timeouts.total.unwrap_or(defaults.total),
+    };
+    for (name, d) in [
+        ("connect", timeouts.connect),
+        ("first_token", timeouts.first_token),
+        ("idle", timeouts.idle),
+        ("total", timeouts.total),
+    ] {
+        if d.is_zero() {
+            return Err(cx.err(format!("{path}.timeouts.{name}"), "must be more than 0"));
+        }
+    }
+    let (addresses, key_path) = match (s.base_url, s.endpoints) {
+        (Some(url), None) => (vec![url], format!("{path}.base_url")),
+        (None, Some(list)) if !list.is_empty() => (list, format!("{path}.endpoints")),
+        (None, Some(_)) => {
+            return Err(cx.err(format!("{path}.endpoints"), "needs at least one address"))
+        }
+        (Some(_), Some(_)) => {
+            return Err(cx.err(
+                path,
+                "give either base_url or endpoints, not both (a base_url is a pool of one)",
+            ))
+        }
+        (None, None) => {
+            return Err(cx.err(
+                path,
+                "missing base_url or endpoints (e.g. base_url: https://api.openai.com)",
+            ))
+        }
+    };
+    let mut endpoints = Vec::new();
+    for (i, address) in addresses.iter().enumerate() {
+        let at = if key_path.ends_with("endpoints") {
+            format!("{key_path}[{i}]")
+        } else {
+            key_path.clone()
+        };
+        let endpoint = Endpoint::parse(address, timeouts.connect).map_err(|e| cx.err(at, e))?;
+        endpoints.push(Arc::new(endpoint));
+    }
+    let fresh = Pool::new(endpoints);
+    // An unchanged pool keeps its state (rotation now; health and latency later).
+    let pool = previous
+        .and_then(|rt| rt.providers.iter().find(|p| p.name == s.name))
+        .filter(|p| p.pool.same_as(&fresh))
+        .map(|p| p.pool.clone())
+        .unwrap_or_else(|| Arc::new(fresh));
+    if s.api_version.is_some() && kind != ProviderKind::AzureOpenai {
+        return Err(cx.err(
+            format!("{path}.api_version"),
+            "only azure-openai providers take an api_version",
+        ));
+    }
+    Ok(Provider {
+        name: s.name,
+        kind,
+        pool,
+        api_key: s.api_key.filter(|k| !k.is_empty()).map(Secret::new),
+        api_version: s.api_version,
+        region: s.region,
+        timeouts,
+    })
+}
+
+fn build_model(
+    cx: &Ctx,
+    path: &str,
+    s: ModelSection,
+    providers: &[Arc<Provider>],
+) -> Result<Model, ConfigError> {
+    if s.name.is_empty() {
+        return Err(cx.err(format!("{path}.name"), "must not be empty"));
+    }
+    if let Some(strategy) = &s.strategy {
+        if !STRATEGIES.contains(&strategy.as_str()) {
+            return Err(cx.err(
+                format!("{path}.strategy"),
+                format!(
+                    "unknown strategy {strategy:?} (supported: {})",
+                    STRATEGIES.join(", ")
+                ),
+            ));
+        }
+    }
+    if s.targets.is_empty() {
+        return Err(cx.err(format!("{path}.targets"), "needs at least one target"));
+    }
+    let mut targets = Vec::new();
+    for (i, t) in s.targets.into_iter().enumerate() {
+        let provider = providers
+            .iter()
+            .find(|p| p.name == t.provider)
+            .ok_or_else(|| {
+                let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+                cx.err(
+                    format!("{path}.targets[{i}].provider"),
+                    format!(
+                        "unknown provider {:?} (known: {})",
+                        t.provider,
+                        if known.is_empty() {
+                            "none defined".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+            })?;
+        if t.model.is_empty() {
+            return Err(cx.err(
+                format!("{path}.targets[{i}].model"),
+                "must not be empty",
+            ));
+        }
+        targets.push(Target {
+            provider: provider.clone(),
+            model: t.model,
+        });
+    }
+    let default_attempts = (targets.len() as u32).max(3);
+    let retry = match s.retry {
+        None => RetryPolicy {
+            attempts: default_attempts,
+            on: RetryOn::ALL,
+        },
+        Some(r) => {
+            let attempts = r.attempts.unwrap_or(default_attempts);
+            if attempts == 0 {
+                return Err(cx.err(format!("{path}.retry.attempts"), "must be at least 1"));
+            }
+            let on = match r.on {
+                None => RetryOn::ALL,
+                Some(list) => {
+                    let mut on = RetryOn {
+                        connect: false,
+                        timeout: false,
+                        status_429: false,
+                        status_5xx: false,
+                    };
+                    for (i, item) in list.iter().enumerate() {
+                        match item.as_str() {
+                            "connect" => on.connect = true,
+                            "timeout" => on.timeout = true,
+                            "429" => on.status_429 = true,
+                            "5xx" => on.status_5xx = true,
+                            other => {
+                                return Err(cx.err(
+                                    format!("{path}.retry.on[{i}]"),
+                                    format!(
+                                        "unknown failure {other:?} (known: connect, timeout, \"429\", 5xx)"
+                                    ),
+                                ))
+                            }
+                        }
+                    }
+                    on
+                }
+            };
+            RetryPolicy { attempts, on }
+        }
+    };
+    Ok(Model {
+        name: s.name,
+        targets,
+        retry,
+    })
+}
+
+fn build_key(
+    cx: &Ctx,
+    path: &str,
+    s: KeySection,
+    models: &HashMap<String, usize>,
+) -> Result<([u8; 32], Key), ConfigError> {
+    let hash = match (s.key_sha256, s.key) {
+        (Some(hex_hash), None) => {
+            let bytes = hex::decode(hex_hash.trim()).ok().filter(|b| b.len() == 32);
+            let bytes = bytes.ok_or_else(|| {
+                cx.err(
+                    format!("{path}.key_sha256"),
+                    "expected 64 hex characters (sha256 of the key, e.g. `printf %s \"$KEY\" | sha256sum`)",
+                )
+            })?;
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&bytes);
+            hash
+        }
+        (None, Some(clear)) if !clear.is_empty() => sha256(clear.as_bytes()),
+        (None, Some(_)) => return Err(cx.err(format!("{path}.key"), "must not be empty")),
+        (Some(_), Some(_)) => return Err(cx.err(path, "give key_sha256 or key, not both")),
+        (None, None) => return Err(cx.err(path, "missing key_sha256 (or key)")),
+    };
+    let allowed = match s.models {
+        None => None,
+        Some(list) => {
+            for (i, m) in list.iter().enumerate() {
+                if !models.contains_key(m) {
+                    let mut known: Vec<&String> = models.keys().collect();
+                    known.sort();
+                    let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
+                    return Err(cx.err(
+                        format!("{path}.models[{i}]"),
+                        format!("unknown model {m:?} (known: {})", known.join(", ")),
+                    ));
+                }
+            }
+            Some(list.into_iter().collect())
+        }
+    };
+    Ok((
+        hash,
+        Key {
+            id: s.id,
+            team: s.team,
+            project: s.project,
+            models: allowed,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_text(text: &str) -> Result<Runtime, ConfigError> {
+        let file = crate::config::parse("t.yaml", text, &|name| {
+            (name == "UP_KEY").then(|| "sk-up-secret".to_string())
+        })?;
+        build("t.yaml", Path::new("t.yaml"), file, None)
+    }
+
+    const BASE: &str = r#"
+providers:
+  - { name: openai, kind: openai, base_url: "http://127.0.0.1:9001", api_key: "${UP_KEY}" }
+  - { name: llama-gpu, kind: vllm, endpoints: ["127.0.0.1:9002", "127.0.0.1:9003"] }
+models:
+  - name: a
+    targets: [{ provider: openai, model: gpt-4o }]
+"#;
+
+    #[test]
+    fn valid_config_builds() {
+        let rt = build_text(&format!(
+            "{BASE}  - name: b\n    targets: [{{ provider: llama-gpu, model: llama }}, {{ provider: openai, model: gpt-4o }}]\n    retry: {{ attempts: 2, on: [connect, \"429\"] }}\nkeys:\n  - {{ id: k1, key: sk-virtual, models: [a] }}\n"
+        ))
+        .unwrap();
+        let b = rt.model("b").unwrap();
+        assert_eq!(b.targets.len(), 2);
+        assert_eq!(b.retry.attempts, 2);
+        assert!(b.retry.on.connect && b.retry.on.status(429) && !b.retry.on.status(500));
+        assert_eq!(rt.model("a").unwrap().retry.attempts, 3);
+        let key = rt.keys.as_ref().unwrap().find("sk-virtual").unwrap();
+        assert!(key.allows("a") && !key.allows("b"));
+        assert!(rt.keys.as_ref().unwrap().find("sk-other").is_none());
+        assert_eq!(rt.providers[1].pool.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn unknown_provider_is_located() {
+        let err = build_text(&format!(
+            "{BASE}  - name: b\n    targets: [{{ provider: opneai, model: x }}]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"t.yaml: models[1].targets[0].provider: unknown provider "opneai" (known: openai, llama-gpu)"#
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = build_text(&format!("{BASE}    stratgy: fallback\n")).unwrap_err();
+        assert_eq!(err.path, "models[0]");
+        assert!(err.message.contains("unknown field `stratgy`"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_never_echo_secrets() {
+        let err = build_text("server:\n  threads: ${UP_KEY}\n").unwrap_err();
+        assert_eq!(err.path, "server.threads");
+        assert!(!err.to_string().contains("sk-up-secret"), "{err}");
+    }
+
+    #[test]
+    fn public_admin_needs_token() {
+        let err = build_text("server:\n  admin_listen: 0.0.0.0:9090\n").unwrap_err();
+        assert_eq!(err.path, "server.admin_token");
+        build_text("server:\n  admin_listen: 0.0.0.0:9090\n  admin_token: t0ken\n").unwrap();
+    }
+
+    #[test]
+    fn key_and_model_checks() {
+        let err = build_text(&format!("{BASE}keys:\n  - {{ id: k, key_sha256: abc }}\n"))
+            .unwrap_err();
+        assert_eq!(err.path, "keys[0].key_sha256");
+        let err = build_text(&format!("{BASE}keys:\n  - {{ id: k, key: x, models: [zz] }}\n"))
+            .unwrap_err();
+        assert_eq!(err.path, "keys[0].models[0]");
+        let err = build_text(&format!("{BASE}    strategy: latency\n")).unwrap_err();
+        assert!(err.message.contains("unknown strategy"), "{err}");
+    }
+
+    #[test]
+    fn admin_json_redacts_secrets() {
+        let rt = build_text(BASE).unwrap();
+        let text = rt.redacted_json().to_string();
+        assert!(!text.contains("sk-up-secret"));
+        assert!(text.contains("***redacted***"));
+    }
+}

@@ -1,0 +1,171 @@
+//! The gateway's client-facing errors, mapped once to OpenAI's error shape and status.
+
+use bytes::Bytes;
+use serde_json::json;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// 400: the request itself is wrong.
+    BadRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    /// 401
+    MissingKey,
+    /// 401
+    InvalidKey,
+    /// 403: the key may not call this model.
+    ModelNotAllowed(String),
+    /// 404
+    ModelNotFound(String),
+    /// 404: a path the gateway does not serve.
+    UnknownPath(String),
+    /// 405
+    MethodNotAllowed { method: String, path: String },
+    /// 413
+    BodyTooLarge { limit: u64 },
+    /// 502: every attempt failed.
+    UpstreamFailed(String),
+    /// 504: every attempt failed, the last by timing out.
+    UpstreamTimeout(String),
+    /// The client went away; nothing more can be sent.
+    ClientGone,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadRequest { .. } => 400,
+            GatewayError::MissingKey | GatewayError::InvalidKey => 401,
+            GatewayError::ModelNotAllowed(_) => 403,
+            GatewayError::ModelNotFound(_) | GatewayError::UnknownPath(_) => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::UpstreamFailed(_) => 502,
+            GatewayError::UpstreamTimeout(_) => 504,
+            // nginx's convention; logged, never sent.
+            GatewayError::ClientGone => 499,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::MissingKey | GatewayError::InvalidKey => "authentication_error",
+            GatewayError::ModelNotAllowed(_) => "permission_error",
+            GatewayError::UpstreamFailed(_) | GatewayError::UpstreamTimeout(_) => "upstream_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        Some(match self {
+            GatewayError::BadRequest { .. } => return None,
+            GatewayError::MissingKey => "missing_api_key",
+            GatewayError::InvalidKey => "invalid_api_key",
+            GatewayError::ModelNotAllowed(_) => "model_not_allowed",
+            GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::UnknownPath(_) => "unknown_url",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::BodyTooLarge { .. } => "request_too_large",
+            GatewayError::UpstreamFailed(_) => "upstream_failed",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::ClientGone => "client_closed_request",
+        })
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::BadRequest { param, .. } => *param,
+            GatewayError::ModelNotAllowed(_) | GatewayError::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// `{"error":{"message","type","param","code"}}`
+    pub fn body(&self) -> Bytes {
+        Bytes::from(
+            json!({"error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": self.param(),
+                "code": self.code(),
+            }})
+            .to_string(),
+        )
+    }
+
+    /// The same error as one SSE event, for a stream that already started.
+    pub fn sse_event(&self) -> Bytes {
+        let event = json!({"error": {
+            "message": self.to_string(),
+            "type": self.kind(),
+            "code": self.code(),
+        }});
+        Bytes::from(format!("data: {event}\n\n"))
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            GatewayError::BadRequest { message, .. } => f.write_str(message),
+            GatewayError::MissingKey => f.write_str(
+                "Missing API key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+            ),
+            GatewayError::InvalidKey => f.write_str("Invalid API key."),
+            GatewayError::ModelNotAllowed(m) => {
+                write!(f, "This key is not allowed to use the model `{m}`.")
+            }
+            GatewayError::ModelNotFound(m) => write!(f, "The model `{m}` does not exist."),
+            GatewayError::UnknownPath(p) => write!(f, "Unknown request URL: {p}."),
+            GatewayError::MethodNotAllowed { method, path } => {
+                write!(f, "Method {method} is not allowed on {path}.")
+            }
+            GatewayError::BodyTooLarge { limit } => write!(
+                f,
+                "The request body is larger than this gateway accepts ({limit} bytes)."
+            ),
+            GatewayError::UpstreamFailed(detail) => {
+                write!(f, "All upstream attempts failed: {detail}")
+            }
+            GatewayError::UpstreamTimeout(detail) => {
+                write!(f, "The upstream timed out: {detail}")
+            }
+            GatewayError::ClientGone => f.write_str("The client closed the connection."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape() {
+        let e = GatewayError::ModelNotFound("gpt-9".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(e.status(), 404);
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
+
+        let e = GatewayError::BadRequest {
+            message: "bad".into(),
+            param: None,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert!(v["error"]["code"].is_null() && v["error"]["param"].is_null());
+    }
+
+    #[test]
+    fn sse_error_event() {
+        let e = GatewayError::UpstreamFailed("cut".into());
+        let ev = e.sse_event();
+        let text = std::str::from_utf8(&ev).unwrap();
+        assert!(text.starts_with("data: {") && text.ends_with("\n\n"));
+        let v: serde_json::Value = serde_json::from_str(&text[6..]).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_failed");
+    }
+}

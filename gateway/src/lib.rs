@@ -1,0 +1,12 @@
+//! Tollgate: an OpenAI-compatible AI gateway on Pingora.
+
+pub mod admin;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod providers;
+pub mod proxy;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,123 @@
+//! Prometheus metrics (names and labels per the contract), in the gateway's own registry.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub fallbacks: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub in_flight: IntGauge,
+}
+
+/// Latency buckets from 1 ms to 5 min: AI calls span both ends.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("tollgate_requests_total", "Requests answered, by outcome."),
+            &["model", "provider", "status", "cache"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "Time from request start to the last byte sent to the client.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["model", "provider"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_errors_total",
+                "Failed upstream attempts, by failure kind.",
+            ),
+            &["provider", "kind"],
+        )
+        .expect("valid metric");
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "tollgate_fallbacks_total",
+                "Moves from a failed target to the next one.",
+            ),
+            &["model", "from", "to"],
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("tollgate_config_reloads_total", "Config reloads, by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(
+            "tollgate_requests_in_flight",
+            "Data-plane requests being served now.",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(fallbacks.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(in_flight.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        // Both results appear from the start, so alerts on errors work before the first one.
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_errors,
+            fallbacks,
+            config_reloads,
+            in_flight,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_contract_names() {
+        let m = Metrics::new();
+        m.requests
+            .with_label_values(&["m", "p", "200", "off"])
+            .inc();
+        m.request_duration
+            .with_label_values(&["m", "p"])
+            .observe(0.01);
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "tollgate_requests_total{cache=\"off\",model=\"m\",provider=\"p\",status=\"200\"} 1",
+            "tollgate_request_duration_seconds_bucket",
+            "tollgate_config_reloads_total{result=\"error\"} 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

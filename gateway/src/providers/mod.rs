@@ -1,0 +1,98 @@
+//! Provider kinds and their adapters: pure functions from the client's request to the
+//! upstream's wire format.
+
+pub mod openai_compat;
+
+use crate::config::secret::Secret;
+use crate::upstream::Pool;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    Openai,
+    AzureOpenai,
+    Vllm,
+    Ollama,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::Openai,
+        ProviderKind::AzureOpenai,
+        ProviderKind::Vllm,
+        ProviderKind::Ollama,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::AzureOpenai => "azure-openai",
+            ProviderKind::Vllm => "vllm",
+            ProviderKind::Ollama => "ollama",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ProviderKind> {
+        Self::ALL.into_iter().find(|k| k.name() == text)
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How long each phase of an upstream exchange may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Until the response header (for a non-stream request, the whole generation).
+    pub first_token: Duration,
+    /// Between two body chunks.
+    pub idle: Duration,
+    /// The whole exchange, relay included.
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_token: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub pool: Arc<Pool>,
+    pub api_key: Option<Secret>,
+    pub api_version: Option<String>,
+    pub region: Option<String>,
+    pub timeouts: Timeouts,
+}
+
+/// The API operation a client called; each adapter maps it to its own path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Operation {
+    pub fn from_path(path: &str) -> Option<Operation> {
+        match path {
+            "/v1/chat/completions" => Some(Operation::ChatCompletions),
+            "/v1/completions" => Some(Operation::Completions),
+            "/v1/embeddings" => Some(Operation::Embeddings),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The data plane: Pingora's `ProxyHttp` with every AI request answered from
+//! `request_filter` (admit → plan → attempt → relay), and metrics settled in `logging`.
+
+mod relay;
+pub mod request;
+mod respond;
+mod upstream_call;
+
+use crate::config::runtime::{Key, Model, Target};
+use crate::config::Runtime;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::providers::Operation;
+use crate::upstream::Endpoint;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use request::RequestHead;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+use upstream_call::{Call, Failure};
+
+pub struct Gateway {
+    runtime: Arc<ArcSwap<Runtime>>,
+    connector: Connector,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, connector: Connector, metrics: Arc<Metrics>) -> Self {
+        Gateway {
+            runtime,
+            connector,
+            metrics,
+        }
+    }
+}
+
+/// Per-request state, from admission to the `logging` phase.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: String,
+    /// The config snapshot this request runs on from start to end.
+    runtime: Option<Arc<Runtime>>,
+    model: Option<String>,
+    provider: Option<String>,
+    upstream_model: Option<String>,
+    attempts: u32,
+    upstream_wait: Duration,
+}
+
+impl RequestCtx {
+    /// Time spent in the gateway itself so far, upstream waiting excluded.
+    fn overhead(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.upstream_wait)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            runtime: None,
+            model: None,
+            provider: None,
+            upstream_model: None,
+            attempts: 0,
+            upstream_wait: Duration::ZERO,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Instant::now();
+        self.metrics.in_flight.inc();
+        ctx.request_id = request_id(session);
+        let runtime = self.runtime.load_full();
+        ctx.runtime = Some(runtime.clone());
+        match self.serve(session, ctx, &runtime).await {
+            Ok(()) => Ok(true),
+            // Too late for an error response: drop the connection so the client sees the cut.
+            Err(e) if e == GatewayError::ClientGone || session.response_written().is_some() => {
+                Err(Error::explain(ConnectionClosed, e.to_string()).into_down())
+            }
+            Err(e) => {
+                respond::error(session, ctx, &e).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // request_filter answers every request, so Pingora's own upstream path never runs.
+        Error::e_explain(InternalError, "the gateway drives its upstream calls itself")
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // A client hanging up mid-stream is routine, not an error worth a log line.
+        matches!(e.etype(), ConnectionClosed) && e.esource() == &ErrorSource::Downstream
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.metrics.in_flight.dec();
+        let status = session
+            .response_written()
+            .map_or(0, |r| r.status.as_u16());
+        let model = ctx.model.as_deref().unwrap_or("");
+        let provider = ctx.provider.as_deref().unwrap_or("");
+        self.metrics
+            .requests
+            .with_label_values(&[model, provider, status_label(status), "off"])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[model, provider])
+            .observe(ctx.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Gateway {
+    async fn serve(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+    ) -> std::result::Result<(), GatewayError> {
+        let method = session.req_header().method.as_str().to_string();
+        let path = session.req_header().uri.path().to_string();
+        if let Some(op) = Operation::from_path(&path) {
+            if method != "POST" {
+                return Err(GatewayError::MethodNotAllowed { method, path });
+            }
+            let key = authenticate(session, rt)?;
+            return self.complete(session, ctx, rt, key, op).await;
+        }
+        if path == "/v1/models" || path.starts_with("/v1/models/") {
+            if method != "GET" {
+                return Err(GatewayError::MethodNotAllowed { method, path });
+            }
+            let key = authenticate(session, rt)?;
+            let body = list_models(rt, key.as_deref(), path.strip_prefix("/v1/models/"))?;
+            respond::json(session, ctx, 200, body)
+                .await
+                .map_err(|_| GatewayError::ClientGone)?;
+            return Ok(());
+        }
+        Err(GatewayError::UnknownPath(path))
+    }
+
+    /// admit → plan → attempt → relay, for the completion-style operations.
+    async fn complete(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+        key: Option<Arc<Key>>,
+        op: Operation,
+    ) -> std::result::Result<(), GatewayError> {
+        let body = read_body(session, rt.server.max_body_bytes).await?;
+        let head = RequestHead::parse(&body)?;
+        ctx.model = Some(head.model.clone());
+        let model = rt
+            .model(&head.model)
+            .ok_or_else(|| GatewayError::ModelNotFound(head.model.clone()))?;
+        if let Some(key) = &key {
+            if !key.allows(&model.name) {
+                return Err(GatewayError::ModelNotAllowed(model.name.clone()));
+            }
+        }
+
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut failures: Vec<(String, Failure)> = Vec::new();
+        while ctx.attempts < model.retry.attempts {
+            let Some((target, endpoint)) = next_candidate(model, &tried) else {
+                break;
+            };
+            if let Some((from, _)) = failures.last() {
+                if *from != target.provider.name {
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&[&model.name, from, &target.provider.name])
+                        .inc();
+                }
+            }
+            ctx.attempts += 1;
+            tried.push(endpoint.clone());
+            let call = Call {
+                op,
+                body: head.body_for(&body, &target.model),
+                upstream_model: &target.model,
+                deadline: Instant::now() + target.provider.timeouts.total,
+            };
+            let attempt_started = Instant::now();
+            let result =
+                upstream_call::send(&self.connector, &target.provider, &endpoint, &call).await;
+            let failure = match result {
+                Ok(response) => {
+                    ctx.upstream_wait += response.waited;
+                    let status = response.header().status.as_u16();
+                    if !model.retry.on.status(status) {
+                        ctx.provider = Some(target.provider.name.clone());
+                        ctx.upstream_model = Some(target.model.clone());
+                        return relay::relay(
+                            session,
+                            ctx,
+                            &self.connector,
+                            response,
+                            call.deadline,
+                            target.provider.timeouts.idle,
+                            head.stream,
+                        )
+                        .await;
+                    }
+                    let mut response = response;
+                    response.session.shutdown().await;
+                    Failure::Status(status)
+                }
+                Err(failure) => {
+                    ctx.upstream_wait += attempt_started.elapsed();
+                    failure
+                }
+            };
+            log::warn!(
+                "request {} model {} attempt {}: {} ({}) {}",
+                ctx.request_id,
+                model.name,
+                ctx.attempts,
+                target.provider.name,
+                endpoint.label,
+                failure.describe()
+            );
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[&target.provider.name, &failure.kind()])
+                .inc();
+            let retryable = match &failure {
+                Failure::Connect(_) => model.retry.on.connect,
+                Failure::Timeout(_) => model.retry.on.timeout,
+                Failure::Status(_) => true,
+                Failure::Reset(_) => model.retry.on.status_5xx,
+            };
+            failures.push((target.provider.name.clone(), failure));
+            if !retryable {
+                break;
+            }
+        }
+        Err(all_failed(&failures))
+    }
+}
+
+/// The next (target, endpoint) to try: targets in order, each pool's endpoints before the
+/// next target, never the same endpoint twice in one request.
+fn next_candidate<'m>(model: &'m Model, tried: &[Arc<Endpoint>]) -> Option<(&'m Target, Arc<Endpoint>)> {
+    model.targets.iter().find_map(|target| {
+        target
+            .provider
+            .pool
+            .pick(|e| tried.iter().any(|t| Arc::ptr_eq(t, e)))
+            .map(|e| (target, e))
+    })
+}
+
+fn all_failed(failures: &[(String, Failure)]) -> GatewayError {
+    let summary = failures
+        .iter()
+        .map(|(provider, f)| format!("{provider}: {}", f.describe()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    match failures.last() {
+        Some((_, Failure::Timeout(_))) => GatewayError::UpstreamTimeout(summary),
+        _ => GatewayError::UpstreamFailed(summary),
+    }
+}
+
+fn request_id(session: &Session) -> String {
+    session
+        .get_header("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)))
+}
+
+/// The virtual key of the request, or `None` when the config defines no keys.
+fn authenticate(
+    session: &Session,
+    rt: &Runtime,
+) -> std::result::Result<Option<Arc<Key>>, GatewayError> {
+    let Some(keys) = &rt.keys else {
+        return Ok(None);
+    };
+    let header = |name: &str| session.get_header(name).and_then(|v| v.to_str().ok());
+    let presented = header("authorization")
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| header("x-api-key"))
+        .or_else(|| header("api-key"))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or(GatewayError::MissingKey)?;
+    keys.find(presented)
+        .cloned()
+        .map(Some)
+        .ok_or(GatewayError::InvalidKey)
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+async fn read_body(session: &mut Session, limit: u64) -> std::result::Result<Bytes, GatewayError> {
+    let declared = session
+        .get_header("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|_| GatewayError::ClientGone)?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// `GET /v1/models` (or one model): what this key may call.
+fn list_models(
+    rt: &Runtime,
+    key: Option<&Key>,
+    one: Option<&str>,
+) -> std::result::Result<Bytes, GatewayError> {
+    let created = rt
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let entry = |name: &str| json!({"id": name, "object": "model", "created": created, "owned_by": "tollgate"});
+    let allowed = |name: &str| key.is_none_or(|k| k.allows(name));
+    let value = match one {
+        Some(name) => {
+            if rt.model(name).is_none() {
+                return Err(GatewayError::ModelNotFound(name.to_string()));
+            }
+            if !allowed(name) {
+                return Err(GatewayError::ModelNotAllowed(name.to_string()));
+            }
+            entry(name)
+        }
+        None => json!({
+            "object": "list",
+            "data": rt.models.iter().filter(|m| allowed(&m.name)).map(|m| entry(&m.name)).collect::<Vec<_>>(),
+        }),
+    };
+    Ok(Bytes::from(value.to_string()))
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        0 => "0",
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}

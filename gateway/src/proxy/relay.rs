@@ -1,0 +1,128 @@
+//! Relay a committed upstream response to the client chunk by chunk: nothing is buffered,
+//! a client that leaves cancels the upstream call, and a stream that breaks midway ends with
+//! one error event.
+
+use super::upstream_call::UpstreamResponse;
+use super::RequestCtx;
+use crate::error::GatewayError;
+use http::header::{self, HeaderName};
+use pingora::connectors::http::Connector;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::time::{Duration, Instant};
+
+/// Upstream headers that describe the upstream connection or account, not the response.
+fn forwardable(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::CONNECTION
+            | header::TRANSFER_ENCODING
+            | header::TE
+            | header::TRAILER
+            | header::UPGRADE
+            | header::PROXY_AUTHENTICATE
+            | header::SERVER
+            | header::DATE
+            | header::SET_COOKIE
+    ) && name.as_str() != "keep-alive"
+        && name.as_str() != "x-request-id"
+        && !name.as_str().starts_with("x-ratelimit-")
+        && !name.as_str().starts_with("x-tollgate-")
+}
+
+pub async fn relay(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    connector: &Connector,
+    mut upstream: UpstreamResponse,
+    deadline: Instant,
+    idle: Duration,
+    client_streaming: bool,
+) -> Result<(), GatewayError> {
+    let header = upstream.header();
+    let mut resp = ResponseHeader::build(header.status, Some(header.headers.len() + 6))
+        .map_err(|_| GatewayError::ClientGone)?;
+    for (name, value) in header.headers.iter().filter(|(n, _)| forwardable(n)) {
+        resp.append_header(name.clone(), value.clone())
+            .map_err(|_| GatewayError::ClientGone)?;
+    }
+    let event_stream = header
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+        || client_streaming;
+    if !header.headers.contains_key(header::CONTENT_LENGTH) {
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")
+            .map_err(|_| GatewayError::ClientGone)?;
+    }
+    let provider = ctx.provider.clone().unwrap_or_default();
+    let upstream_model = ctx.upstream_model.clone().unwrap_or_default();
+    for (name, value) in [
+        ("x-request-id", ctx.request_id.clone()),
+        ("x-tollgate-provider", provider),
+        ("x-tollgate-model", upstream_model),
+        ("x-tollgate-attempts", ctx.attempts.to_string()),
+        ("x-tollgate-overhead-us", ctx.overhead().as_micros().to_string()),
+    ] {
+        resp.insert_header(name, value)
+            .map_err(|_| GatewayError::ClientGone)?;
+    }
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_err()
+    {
+        upstream.session.shutdown().await;
+        return Err(GatewayError::ClientGone);
+    }
+
+    loop {
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        let read_started = Instant::now();
+        let next = tokio::select! {
+            read = tokio::time::timeout(wait, upstream.session.read_response_body()) => read,
+            // Resolves only when the client hangs up: stop generating tokens nobody reads.
+            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                upstream.session.shutdown().await;
+                return Err(GatewayError::ClientGone);
+            }
+        };
+        ctx.upstream_wait += read_started.elapsed();
+        let failure = match next {
+            Ok(Ok(Some(chunk))) => {
+                if session.write_response_body(Some(chunk), false).await.is_err() {
+                    upstream.session.shutdown().await;
+                    return Err(GatewayError::ClientGone);
+                }
+                continue;
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => GatewayError::UpstreamFailed(format!(
+                "the upstream connection broke mid-response ({})",
+                e.etype().as_str().to_lowercase()
+            )),
+            Err(_) => GatewayError::UpstreamTimeout(
+                "no data from the upstream within the idle timeout".into(),
+            ),
+        };
+        upstream.session.shutdown().await;
+        if event_stream {
+            // The client's stream ends with one error event and no [DONE].
+            let _ = session
+                .write_response_body(Some(failure.sse_event()), true)
+                .await;
+            return Ok(());
+        }
+        return Err(failure);
+    }
+    session
+        .write_response_body(None, true)
+        .await
+        .map_err(|_| GatewayError::ClientGone)?;
+    let idle_timeout = upstream.peer.options.idle_timeout;
+    connector
+        .release_http_session(upstream.session, &*upstream.peer, idle_timeout)
+        .await;
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! Responses the gateway writes itself: JSON bodies and OpenAI-shaped errors.
+
+use super::RequestCtx;
+use crate::error::GatewayError;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+pub async fn json(session: &mut Session, ctx: &RequestCtx, status: u16, body: Bytes) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("x-request-id", &ctx.request_id)?;
+    if ctx.attempts > 0 {
+        resp.insert_header("x-tollgate-attempts", ctx.attempts.to_string())?;
+    }
+    // An unread request body would corrupt the next request on this connection.
+    if !session.as_downstream_mut().is_body_done() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+pub async fn error(session: &mut Session, ctx: &RequestCtx, e: &GatewayError) -> Result<()> {
+    json(session, ctx, e.status(), e.body()).await
+}

@@ -1,0 +1,136 @@
+//! One upstream attempt, driven with pingora-core's pooled `Connector` from inside the
+//! request phase: the gateway owns its attempts, so bodies of any size are replayed byte-exact
+//! on failover (Pingora's own retry buffer stops at 64 KiB) and each attempt can send a
+//! differently translated body.
+
+use crate::providers::{openai_compat, Operation, Provider};
+use crate::upstream::Endpoint;
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const STALE_RETRIES: usize = 3;
+
+/// Why an attempt did not produce a response worth relaying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection (refused, unreachable, unresolved, TLS handshake failed).
+    Connect(String),
+    /// Connect, first byte or a deadline ran out.
+    Timeout(String),
+    /// The upstream answered with a status that may be retried elsewhere (429, 5xx).
+    Status(u16),
+    /// The connection broke after the request was sent.
+    Reset(String),
+}
+
+impl Failure {
+    /// The label used in metrics and in client-facing summaries.
+    pub fn kind(&self) -> String {
+        match self {
+            Failure::Connect(_) => "connect".into(),
+            Failure::Timeout(_) => "timeout".into(),
+            Failure::Status(429) => "429".into(),
+            Failure::Status(s) if *s >= 500 => "5xx".into(),
+            Failure::Status(s) => s.to_string(),
+            Failure::Reset(_) => "reset".into(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Failure::Connect(d) => format!("connect error ({d})"),
+            Failure::Timeout(d) => format!("timed out ({d})"),
+            Failure::Status(s) => format!("HTTP {s}"),
+            Failure::Reset(d) => format!("connection reset ({d})"),
+        }
+    }
+}
+
+/// A live upstream response whose header has arrived and whose body is still to be read.
+pub struct UpstreamResponse {
+    pub session: HttpSession,
+    pub peer: Arc<HttpPeer>,
+    /// Time spent waiting on the upstream until the header arrived.
+    pub waited: Duration,
+}
+
+impl UpstreamResponse {
+    pub fn header(&self) -> &ResponseHeader {
+        self.session
+            .response_header()
+            .expect("header read before construction")
+    }
+}
+
+/// Everything about the request that stays the same across attempts.
+pub struct Call<'a> {
+    pub op: Operation,
+    pub body: Bytes,
+    pub upstream_model: &'a str,
+    pub deadline: Instant,
+}
+
+/// Connects, sends, and waits for the response header, within the provider's timeouts.
+pub async fn send(
+    connector: &Connector,
+    provider: &Provider,
+    endpoint: &Endpoint,
+    call: &Call<'_>,
+) -> Result<UpstreamResponse, Failure> {
+    let started = Instant::now();
+    let peer = endpoint
+        .peer()
+        .ok_or_else(|| Failure::Connect(format!("{} did not resolve", endpoint.host)))?;
+    let req = openai_compat::request_header(
+        provider,
+        endpoint,
+        call.op,
+        call.upstream_model,
+        call.body.len(),
+    )
+    .map_err(|e| Failure::Connect(e.to_string()))?;
+
+    let budget = |phase: Duration| phase.min(call.deadline.saturating_duration_since(Instant::now()));
+    // A pooled connection may have been closed by the server while idle; that costs a fresh
+    // connection, not an attempt (nothing reached the model).
+    for _ in 0..STALE_RETRIES {
+        let connect = budget(provider.timeouts.connect * 2);
+        let (mut session, reused) =
+            match tokio::time::timeout(connect, connector.get_http_session(&*peer)).await {
+                Err(_) => return Err(Failure::Timeout("connect".into())),
+                Ok(Err(e)) if matches!(e.etype(), ErrorType::ConnectTimedout) => {
+                    return Err(Failure::Timeout("connect".into()))
+                }
+                Ok(Err(e)) => return Err(Failure::Connect(e.etype().as_str().to_lowercase())),
+                Ok(Ok(pair)) => pair,
+            };
+        let exchange = async {
+            session.write_request_header(Box::new(req.clone())).await?;
+            session.write_request_body(call.body.clone(), true).await?;
+            session.finish_request_body().await?;
+            session.read_response_header().await
+        };
+        match tokio::time::timeout(budget(provider.timeouts.first_token), exchange).await {
+            Err(_) => {
+                session.shutdown().await;
+                return Err(Failure::Timeout("no response header in time".into()));
+            }
+            Ok(Err(_)) if reused => continue,
+            Ok(Err(e)) => return Err(Failure::Reset(e.etype().as_str().to_lowercase())),
+            Ok(Ok(())) => {
+                return Ok(UpstreamResponse {
+                    session,
+                    peer,
+                    waited: started.elapsed(),
+                })
+            }
+        }
+    }
+    Err(Failure::Connect("pooled connections kept failing".into()))
+}

@@ -1,0 +1,7 @@
+//! Upstream addressing: endpoints, pools, and the background DNS refresh.
+
+pub mod endpoint;
+pub mod pool;
+
+pub use endpoint::Endpoint;
+pub use pool::Pool;

@@ -1,0 +1,151 @@
+//! Command-line flags of a mock provider, shared by `tollgate-mock` and `tollgate mock`.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+use crate::config::{MockConfig, MockKind, DEFAULT_MODEL};
+
+/// Flags that start one mock provider.
+#[derive(Args, Clone, Debug)]
+pub struct MockArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Provider to imitate.
+    #[arg(long, value_enum, default_value_t = MockKind::Openai)]
+    pub kind: MockKind,
+    /// Delay before a non-stream response, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Delay before the first stream chunk, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub ttft_ms: u64,
+    /// Stream pacing in tokens per second; 0 streams as fast as possible.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    pub tokens_per_sec: f64,
+    /// Tokens per answer (capped by the request's max_tokens).
+    #[arg(long, default_value_t = 16)]
+    pub completion_tokens: u32,
+    /// Probability (0..=1) of answering an inference request with an error.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub error_rate: f64,
+    /// Status of injected errors.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(400..=599))]
+    pub error_status: u16,
+    /// Abort the connection after this many stream data chunks.
+    #[arg(long)]
+    pub drop_after_chunks: Option<u32>,
+    /// Require this API key.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Models served by GET /v1/models, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_MODEL)]
+    pub models: Vec<String>,
+    /// Value reported as vllm:num_requests_waiting.
+    #[arg(long, default_value_t = 0)]
+    pub waiting: u32,
+    /// Do not record requests for GET /mock/requests.
+    #[arg(long)]
+    pub no_record: bool,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+}
+
+impl MockArgs {
+    /// The server behaviour these flags ask for (`listen` and `threads` are the caller's).
+    pub fn into_config(self) -> MockConfig {
+        MockConfig {
+            kind: self.kind,
+            latency_ms: self.latency_ms,
+            ttft_ms: self.ttft_ms,
+            tokens_per_sec: self.tokens_per_sec,
+            completion_tokens: self.completion_tokens,
+            error_rate: self.error_rate,
+            error_status: self.error_status,
+            drop_after_chunks: self.drop_after_chunks,
+            api_key: self.api_key,
+            models: self.models,
+            waiting: self.waiting,
+            record: !self.no_record,
+        }
+    }
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number >= 0")),
+    }
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mock: MockArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<MockArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mock").chain(args.iter().copied())).map(|c| c.mock)
+    }
+
+    #[test]
+    fn defaults_match_config_defaults() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(args.threads, 2);
+        let cfg = args.into_config();
+        let def = MockConfig::default();
+        assert_eq!(cfg.kind, def.kind);
+        assert_eq!(cfg.completion_tokens, def.completion_tokens);
+        assert_eq!(cfg.error_status, def.error_status);
+        assert_eq!(cfg.models, def.models);
+        assert_eq!(cfg.record, def.record);
+    }
+
+    #[test]
+    fn flags_reach_config() {
+        let cfg = parse(&[
+            "--kind",
+            "vllm",
+            "--models",
+            "a,b",
+            "--no-record",
+            "--drop-after-chunks",
+            "3",
+            "--error-rate",
+            "0.5",
+            "--api-key",
+            "k",
+        ])
+        .unwrap()
+        .into_config();
+        assert_eq!(cfg.kind, MockKind::Vllm);
+        assert_eq!(cfg.models, ["a", "b"]);
+        assert!(!cfg.record);
+        assert_eq!(cfg.drop_after_chunks, Some(3));
+        assert_eq!(cfg.error_rate, 0.5);
+        assert_eq!(cfg.api_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn rejects_out_of_range_values() {
+        assert!(parse(&["--error-rate", "1.5"]).is_err());
+        assert!(parse(&["--tokens-per-sec", "-1"]).is_err());
+        assert!(parse(&["--error-status", "200"]).is_err());
+        assert!(parse(&["--threads", "0"]).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! What a mock provider is and how it behaves.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which provider the mock imitates. Every kind decides its own routes in
+/// `router::Endpoint::resolve`, so a new kind is a new variant plus its routes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum MockKind {
+    /// The OpenAI API (plus the Azure OpenAI deployment paths).
+    #[default]
+    Openai,
+    /// A vLLM OpenAI-compatible server: the OpenAI API plus `/health` and `/metrics`.
+    Vllm,
+}
+
+impl MockKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [MockKind; 2] = [MockKind::Openai, MockKind::Vllm];
+
+    /// The lowercase name used on the command line and in configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MockKind::Openai => "openai",
+            MockKind::Vllm => "vllm",
+        }
+    }
+}
+
+impl fmt::Display for MockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing an unknown [`MockKind`] name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownKind(pub String);
+
+impl fmt::Display for UnknownKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let known: Vec<&str> = MockKind::ALL.iter().map(|k| k.as_str()).collect();
+        write!(
+            f,
+            "unknown mock kind {:?} (expected one of: {})",
+            self.0,
+            known.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownKind {}
+
+impl FromStr for MockKind {
+    type Err = UnknownKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MockKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownKind(s.to_owned()))
+    }
+}
+
+/// How a mock provider answers.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    pub kind: MockKind,
+    /// Delay before a non-stream response.
+    pub latency_ms: u64,
+    /// Delay before the first stream chunk.
+    pub ttft_ms: u64,
+    /// Pace of stream token chunks; 0 sends them as fast as possible.
+    pub tokens_per_sec: f64,
+    /// Tokens generated per answer, capped by the request's `max_tokens`.
+    pub completion_tokens: u32,
+    /// Probability (0..=1) of answering an inference request with `error_status`.
+    pub error_rate: f64,
+    pub error_status: u16,
+    /// Abort the connection mid-stream after this many data chunks.
+    pub drop_after_chunks: Option<u32>,
+    /// When set, requests must carry this key (Bearer, or `api-key` on Azure paths).
+    pub api_key: Option<String>,
+    /// Served by `GET /v1/models`; the first also labels vLLM metrics.
+    pub models: Vec<String>,
+    /// Reported as `vllm:num_requests_waiting`.
+    pub waiting: u32,
+    /// Keep the last requests for `GET /mock/requests`.
+    pub record: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            kind: MockKind::Openai,
+            latency_ms: 0,
+            ttft_ms: 0,
+            tokens_per_sec: 0.0,
+            completion_tokens: 16,
+            error_rate: 0.0,
+            error_status: 500,
+            drop_after_chunks: None,
+            api_key: None,
+            models: vec![DEFAULT_MODEL.to_owned()],
+            waiting: 0,
+            record: true,
+        }
+    }
+}
+
+/// The model listed when no models are configured.
+pub const DEFAULT_MODEL: &str = "mock-gpt";
+
+impl MockConfig {
+    /// Time between two token chunks, `None` when unpaced.
+    pub(crate) fn token_period(&self) -> Option<Duration> {
+        if self.tokens_per_sec > 0.0 {
+            Duration::try_from_secs_f64(1.0 / self.tokens_per_sec).ok()
+        } else {
+            None
+        }
+    }
+
+    /// The model that names vLLM metrics series.
+    pub(crate) fn first_model(&self) -> &str {
+        self.models.first().map_or(DEFAULT_MODEL, String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in MockKind::ALL {
+            assert_eq!(kind.to_string().parse::<MockKind>(), Ok(kind));
+        }
+        assert_eq!("VLLM".parse::<MockKind>(), Ok(MockKind::Vllm));
+        assert!("triton".parse::<MockKind>().is_err());
+    }
+
+    #[test]
+    fn token_period_from_rate() {
+        let mut cfg = MockConfig::default();
+        assert_eq!(cfg.token_period(), None);
+        cfg.tokens_per_sec = 4.0;
+        assert_eq!(cfg.token_period(), Some(Duration::from_millis(250)));
+        cfg.tokens_per_sec = f64::NAN;
+        assert_eq!(cfg.token_period(), None);
+    }
+}

@@ -1,0 +1,134 @@
+//! OpenAI-shaped error answers.
+
+use http::header::{HeaderName, HeaderValue, ALLOW};
+use http::{Method, StatusCode};
+use serde::Serialize;
+
+use crate::body::{json, MockResponse};
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Always null: the mock never blames a single parameter.
+    param: (),
+    code: Option<&'a str>,
+}
+
+/// `{"error":{...}}` with the type OpenAI uses for `status`.
+pub(crate) fn openai_error(status: StatusCode, message: &str, code: Option<&str>) -> MockResponse {
+    let kind = match status.as_u16() {
+        429 => "rate_limit_error",
+        500.. => "server_error",
+        _ => "invalid_request_error",
+    };
+    json(
+        status,
+        &ErrorBody {
+            error: ErrorDetail {
+                message,
+                kind,
+                param: (),
+                code,
+            },
+        },
+    )
+}
+
+pub(crate) fn bad_request(message: &str) -> MockResponse {
+    openai_error(StatusCode::BAD_REQUEST, message, None)
+}
+
+pub(crate) fn not_found(method: &Method, path: &str) -> MockResponse {
+    openai_error(
+        StatusCode::NOT_FOUND,
+        &format!("Invalid URL ({method} {path})"),
+        None,
+    )
+}
+
+pub(crate) fn method_not_allowed(method: &Method, allow: &'static str) -> MockResponse {
+    let mut resp = openai_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("Method {method} is not allowed here (allowed: {allow})"),
+        None,
+    );
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+pub(crate) fn unauthorized(message: &str) -> MockResponse {
+    openai_error(StatusCode::UNAUTHORIZED, message, Some("invalid_api_key"))
+}
+
+/// The answer to a request picked by `error_rate`.
+pub(crate) fn injected(status: u16) -> MockResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let mut resp = openai_error(
+            status,
+            "Rate limit reached (injected by tollgate-mock).",
+            Some("rate_limit_exceeded"),
+        );
+        let headers = resp.headers_mut();
+        headers.insert(
+            HeaderName::from_static("retry-after"),
+            HeaderValue::from_static("1"),
+        );
+        headers.insert(
+            HeaderName::from_static("retry-after-ms"),
+            HeaderValue::from_static("1000"),
+        );
+        resp
+    } else {
+        openai_error(
+            status,
+            "The server had an error while processing your request (injected by tollgate-mock).",
+            None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+
+    async fn body_json(resp: MockResponse) -> Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn injected_rate_limit_has_retry_headers() {
+        let resp = injected(429);
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert_eq!(resp.headers()["retry-after-ms"], "1000");
+        assert_eq!(
+            body_json(resp).await,
+            json!({"error": {
+                "message": "Rate limit reached (injected by tollgate-mock).",
+                "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn injected_server_error_shape() {
+        let resp = injected(503);
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().get("retry-after").is_none());
+        let body = body_json(resp).await;
+        assert_eq!(body["error"]["type"], "server_error");
+        assert_eq!(body["error"]["code"], Value::Null);
+        assert_eq!(body["error"]["param"], Value::Null);
+    }
+}

@@ -1,0 +1,22 @@
+//! Mock model providers for Tollgate's demo, end-to-end tests and benchmarks.
+//!
+//! A mock speaks a provider's wire format exactly (OpenAI, Azure OpenAI paths,
+//! vLLM's extra endpoints) with tunable latency, pacing, errors and dropped
+//! streams, and records what it received under `/mock/requests` and
+//! `/mock/stats`.
+
+mod body;
+mod cli;
+mod config;
+mod errors;
+mod openai;
+mod record;
+mod router;
+mod server;
+mod state;
+mod text;
+mod vllm;
+
+pub use cli::MockArgs;
+pub use config::{MockConfig, MockKind, UnknownKind, DEFAULT_MODEL};
+pub use server::{bind, serve, spawn, MockHandle, MockServer};

@@ -1,0 +1,160 @@
+//! `POST /v1/completions`, the legacy text completion API.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Serialize;
+
+use super::request::CompletionRequest;
+use super::stream::{self, ChunkFormat};
+use super::{answer_delay, new_id, invalid_json, stream_plan, stream_usage};
+use super::{unix_now, StreamUsage, Usage};
+use crate::body::{json, sse_json, MockResponse};
+use crate::state::Shared;
+use crate::text::{cap_tokens, completion_text, estimate_tokens, Finish};
+
+pub(crate) async fn handle(
+    shared: &Arc<Shared>,
+    body: &[u8],
+    deployment: Option<String>,
+) -> MockResponse {
+    let running = shared.start_running();
+    let req: CompletionRequest = match serde_json::from_slice(body) {
+        Ok(req) => req,
+        Err(e) => return invalid_json(&e),
+    };
+    let gen = req.generation();
+    // Azure paths name the model by their deployment.
+    let Some(model) = req.model.or(deployment) else {
+        return missing("model");
+    };
+    let prompt_tokens = req
+        .prompt
+        .as_ref()
+        .map_or_else(|| estimate_tokens(0, 0), |p| p.tokens());
+    let (tokens, finish) = cap_tokens(shared.cfg.completion_tokens, gen.token_limit);
+    let usage = Usage::new(prompt_tokens, tokens);
+    let chunks = TextChunks {
+        id: new_id("cmpl-"),
+        created: unix_now(),
+        model,
+        include_usage: gen.include_usage,
+    };
+    if gen.stream {
+        let plan = stream_plan(&shared.cfg, tokens, finish, usage);
+        return stream::start(shared, chunks, plan, running);
+    }
+    answer_delay(&shared.cfg).await;
+    let text = completion_text(tokens);
+    let choice = TextChoice {
+        text: &text,
+        index: 0,
+        logprobs: (),
+        finish_reason: Some(finish.as_str()),
+    };
+    json(StatusCode::OK, &chunks.object(&[choice], Some(Some(usage))))
+}
+
+/// A `text_completion` object: the whole answer or one stream chunk.
+#[derive(Serialize)]
+struct TextCompletion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: &'a [TextChoice<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: StreamUsage,
+}
+
+#[derive(Serialize)]
+struct TextChoice<'a> {
+    text: &'a str,
+    index: u32,
+    /// Always null.
+    logprobs: (),
+    finish_reason: Option<&'static str>,
+}
+
+/// Renders the `text_completion` objects of one answer.
+struct TextChunks {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl TextChunks {
+    fn object<'a>(&'a self, choices: &'a [TextChoice<'a>], usage: StreamUsage) -> TextCompletion<'a> {
+        TextCompletion {
+            id: &self.id,
+            object: "text_completion",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage,
+        }
+    }
+
+    fn choice_event(&self, text: &str, finish_reason: Option<&'static str>) -> Bytes {
+        let choice = TextChoice {
+            text,
+            index: 0,
+            logprobs: (),
+            finish_reason,
+        };
+        sse_json(&self.object(&[choice], stream_usage(self.include_usage, None)))
+    }
+}
+
+impl ChunkFormat for TextChunks {
+    fn opening(&self) -> Option<Bytes> {
+        None
+    }
+
+    fn token(&self, piece: &str) -> Bytes {
+        self.choice_event(piece, None)
+    }
+
+    fn finish(&self, reason: Finish) -> Bytes {
+        self.choice_event("", Some(reason.as_str()))
+    }
+
+    fn usage(&self, usage: Usage) -> Option<Bytes> {
+        self.include_usage
+            .then(|| sse_json(&self.object(&[], Some(Some(usage)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parse(event: &Bytes) -> Value {
+        let text = std::str::from_utf8(event).unwrap();
+        serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap()
+    }
+
+    #[test]
+    fn chunk_shapes() {
+        let c = TextChunks {
+            id: "cmpl-x".into(),
+            created: 7,
+            model: "m".into(),
+            include_usage: true,
+        };
+        assert!(c.opening().is_none());
+        assert_eq!(
+            parse(&c.token("Hello")),
+            json!({"id": "cmpl-x", "object": "text_completion", "created": 7, "model": "m",
+                   "choices": [{"text": "Hello", "index": 0, "logprobs": null, "finish_reason": null}],
+                   "usage": null})
+        );
+        assert_eq!(parse(&c.finish(Finish::Length))["choices"][0]["finish_reason"], "length");
+        let usage = parse(&c.usage(Usage::new(2, 3)).unwrap());
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["total_tokens"], 5);
+    }
+}

@@ -1,0 +1,1 @@
+//! Tollgate request/response plugins.
