@@ -3,6 +3,7 @@
 use crate::control::Control;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::proxy::request_id;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
@@ -25,6 +26,7 @@ impl Admin {
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
+        .header("x-request-id", request_id(None))
         .header("content-type", content_type)
         .header("content-length", body.len())
         .body(body)

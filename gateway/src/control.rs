@@ -81,7 +81,10 @@ impl Control {
                 resolve_endpoints(&new).await;
                 for (what, changed) in [
                     ("server.listen", new.server.listen != old.server.listen),
-                    ("server.admin_listen", new.server.admin_listen != old.server.admin_listen),
+                    (
+                        "server.admin_listen",
+                        new.server.admin_listen != old.server.admin_listen,
+                    ),
                     ("server.threads", new.server.threads != old.server.threads),
                 ] {
                     if changed {

@@ -98,7 +98,10 @@ fn instructions(args: &DemoArgs, config_path: &str) -> String {
     let admin = format!("http://{}", args.admin_listen);
     let mut out = String::new();
     let _ = writeln!(out, "Tollgate demo: gateway on {gw}, admin on {admin}");
-    let _ = writeln!(out, "Config: {config_path} (edit it: the gateway reloads)\n");
+    let _ = writeln!(
+        out,
+        "Config: {config_path} (edit it: the gateway reloads)\n"
+    );
     let _ = writeln!(out, "Try:");
     let chat = |model: &str, stream: bool| {
         format!(

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use tollgate::{config, demo, server};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "An OpenAI-compatible AI gateway on Pingora")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An OpenAI-compatible AI gateway on Pingora"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

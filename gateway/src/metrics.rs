@@ -54,7 +54,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let config_reloads = IntCounterVec::new(
-            Opts::new("tollgate_config_reloads_total", "Config reloads, by result."),
+            Opts::new(
+                "tollgate_config_reloads_total",
+                "Config reloads, by result.",
+            ),
             &["result"],
         )
         .expect("valid metric");

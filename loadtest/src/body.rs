@@ -130,8 +130,12 @@ mod tests {
     #[tokio::test]
     async fn event_body_yields_chunks_then_ends() {
         let (tx, rx) = mpsc::channel(4);
-        tx.send(Event::Data(Bytes::from_static(b"a"))).await.unwrap();
-        tx.send(Event::Data(Bytes::from_static(b"b"))).await.unwrap();
+        tx.send(Event::Data(Bytes::from_static(b"a")))
+            .await
+            .unwrap();
+        tx.send(Event::Data(Bytes::from_static(b"b")))
+            .await
+            .unwrap();
         drop(tx);
         let collected = EventBody::new(rx).collect().await.unwrap().to_bytes();
         assert_eq!(&collected[..], b"ab");
@@ -140,7 +144,9 @@ mod tests {
     #[tokio::test]
     async fn event_body_errors_after_abort() {
         let (tx, rx) = mpsc::channel(4);
-        tx.send(Event::Data(Bytes::from_static(b"a"))).await.unwrap();
+        tx.send(Event::Data(Bytes::from_static(b"a")))
+            .await
+            .unwrap();
         tx.send(Event::Abort).await.unwrap();
         let mut body = EventBody::new(rx);
         let first = body.frame().await.unwrap().unwrap();

@@ -9,6 +9,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Runtime;
 
 use crate::config::MockConfig;
 use crate::router;
@@ -79,6 +80,29 @@ impl MockHandle {
 /// Binds `addr` now and serves `cfg` on a new OS thread with its own
 /// single-threaded tokio runtime, independent of the caller's runtime.
 pub fn spawn(addr: SocketAddr, cfg: MockConfig) -> io::Result<MockHandle> {
+    // The runtime is built, and on failure dropped, on the new thread: a
+    // runtime must not be dropped inside the caller's async context.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("tollgate-mock".to_owned())
+        .spawn(move || match start_runtime(addr) {
+            Ok((runtime, listener, bound)) => {
+                let _ = ready_tx.send(Ok(bound));
+                if let Err(e) = runtime.block_on(serve(listener, cfg)) {
+                    log::error!("tollgate-mock on {bound} stopped: {e}");
+                }
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        })?;
+    let addr = ready_rx
+        .recv()
+        .map_err(|_| io::Error::other("tollgate-mock thread exited before binding"))??;
+    Ok(MockHandle { addr })
+}
+
+fn start_runtime(addr: SocketAddr) -> io::Result<(Runtime, TcpListener, SocketAddr)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -86,15 +110,8 @@ pub fn spawn(addr: SocketAddr, cfg: MockConfig) -> io::Result<MockHandle> {
         let _context = runtime.enter();
         bind(addr)?
     };
-    let addr = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name(format!("tollgate-mock-{}", addr.port()))
-        .spawn(move || {
-            if let Err(e) = runtime.block_on(serve(listener, cfg)) {
-                log::error!("tollgate-mock on {addr} stopped: {e}");
-            }
-        })?;
-    Ok(MockHandle { addr })
+    let bound = listener.local_addr()?;
+    Ok((runtime, listener, bound))
 }
 
 /// The same entry points as [`serve`] and [`spawn`], grouped on a type.

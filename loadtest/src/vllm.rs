@@ -73,7 +73,10 @@ mod tests {
 
     #[test]
     fn renders_gauges() {
-        let text = render("m\"1", &[("vllm:x", "An x.", 2.0), ("vllm:y", "A y.", 0.05)]);
+        let text = render(
+            "m\"1",
+            &[("vllm:x", "An x.", 2.0), ("vllm:y", "A y.", 0.05)],
+        );
         assert_eq!(
             text,
             "# HELP vllm:x An x.\n# TYPE vllm:x gauge\nvllm:x{engine=\"0\",model_name=\"m\\\"1\"} 2.0\n\

@@ -99,11 +99,9 @@ fn expand_str(
         let value = match (lookup(name), default) {
             (Some(v), _) => v,
             (None, Some(d)) => d.to_string(),
-            (None, None) => {
-                return Err(format!(
-                    "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
-                ))
-            }
+            (None, None) => return Err(format!(
+                "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+            )),
         };
         found.values.push(value.clone());
         out.push_str(&value);
@@ -124,7 +122,12 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         };
-        expand(&mut value, &mut Vec::new(), &lookup, &mut Expansions::default())?;
+        expand(
+            &mut value,
+            &mut Vec::new(),
+            &lookup,
+            &mut Expansions::default(),
+        )?;
         Ok(value)
     }
 

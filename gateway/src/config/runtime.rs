@@ -157,14 +157,25 @@ impl Runtime {
                 .pool
                 .endpoints
                 .iter()
-                .map(|e| format!("{}://{}{}", if e.tls { "https" } else { "http" }, e.label, e.prefix))
+                .map(|e| {
+                    format!(
+                        "{}://{}{}",
+                        if e.tls { "https" } else { "http" },
+                        e.label,
+                        e.prefix
+                    )
+                })
                 .collect();
             out += &format!(
                 "  {} [{}] {}{}\n",
                 p.name,
                 p.kind,
                 endpoints.join(", "),
-                if p.api_key.is_some() { " · key set" } else { "" }
+                if p.api_key.is_some() {
+                    " · key set"
+                } else {
+                    ""
+                }
             );
         }
         out += &format!("models ({}):\n", self.models.len());
@@ -192,7 +203,13 @@ impl Runtime {
     /// The running config as JSON for `/admin/config`, with every secret redacted.
     pub fn redacted_json(&self) -> Value {
         let s = &self.server;
-        let redact = |set: bool| if set { json!("***redacted***") } else { Value::Null };
+        let redact = |set: bool| {
+            if set {
+                json!("***redacted***")
+            } else {
+                Value::Null
+            }
+        };
         json!({
             "source": self.source.display().to_string(),
             "server": {
@@ -516,10 +533,7 @@ fn build_model(
                 )
             })?;
         if t.model.is_empty() {
-            return Err(cx.err(
-                format!("{path}.targets[{i}].model"),
-                "must not be empty",
-            ));
+            return Err(cx.err(format!("{path}.targets[{i}].model"), "must not be empty"));
         }
         targets.push(Target {
             provider: provider.clone(),
@@ -638,6 +652,13 @@ mod tests {
         build("t.yaml", Path::new("t.yaml"), file, None)
     }
 
+    fn build_err(text: &str) -> ConfigError {
+        match build_text(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
     const BASE: &str = r#"
 providers:
   - { name: openai, kind: openai, base_url: "http://127.0.0.1:9001", api_key: "${UP_KEY}" }
@@ -666,10 +687,9 @@ models:
 
     #[test]
     fn unknown_provider_is_located() {
-        let err = build_text(&format!(
+        let err = build_err(&format!(
             "{BASE}  - name: b\n    targets: [{{ provider: opneai, model: x }}]\n"
-        ))
-        .unwrap_err();
+        ));
         assert_eq!(
             err.to_string(),
             r#"t.yaml: models[1].targets[0].provider: unknown provider "opneai" (known: openai, llama-gpu)"#
@@ -678,34 +698,34 @@ models:
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = build_text(&format!("{BASE}    stratgy: fallback\n")).unwrap_err();
-        assert_eq!(err.path, "models[0]");
+        let err = build_err(&format!("{BASE}    stratgy: fallback\n"));
+        assert_eq!(err.path, "models[0].stratgy");
         assert!(err.message.contains("unknown field `stratgy`"), "{err}");
     }
 
     #[test]
     fn type_errors_never_echo_secrets() {
-        let err = build_text("server:\n  threads: ${UP_KEY}\n").unwrap_err();
+        let err = build_err("server:\n  threads: ${UP_KEY}\n");
         assert_eq!(err.path, "server.threads");
         assert!(!err.to_string().contains("sk-up-secret"), "{err}");
     }
 
     #[test]
     fn public_admin_needs_token() {
-        let err = build_text("server:\n  admin_listen: 0.0.0.0:9090\n").unwrap_err();
+        let err = build_err("server:\n  admin_listen: 0.0.0.0:9090\n");
         assert_eq!(err.path, "server.admin_token");
         build_text("server:\n  admin_listen: 0.0.0.0:9090\n  admin_token: t0ken\n").unwrap();
     }
 
     #[test]
     fn key_and_model_checks() {
-        let err = build_text(&format!("{BASE}keys:\n  - {{ id: k, key_sha256: abc }}\n"))
-            .unwrap_err();
+        let err = build_err(&format!("{BASE}keys:\n  - {{ id: k, key_sha256: abc }}\n"));
         assert_eq!(err.path, "keys[0].key_sha256");
-        let err = build_text(&format!("{BASE}keys:\n  - {{ id: k, key: x, models: [zz] }}\n"))
-            .unwrap_err();
+        let err = build_err(&format!(
+            "{BASE}keys:\n  - {{ id: k, key: x, models: [zz] }}\n"
+        ));
         assert_eq!(err.path, "keys[0].models[0]");
-        let err = build_text(&format!("{BASE}    strategy: latency\n")).unwrap_err();
+        let err = build_err(&format!("{BASE}    strategy: latency\n"));
         assert!(err.message.contains("unknown strategy"), "{err}");
     }
 

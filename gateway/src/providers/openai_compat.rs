@@ -21,7 +21,10 @@ pub fn request_header(
     req.insert_header("host", &endpoint.authority)?;
     req.insert_header("content-type", "application/json")?;
     req.insert_header("content-length", body_len.to_string())?;
-    req.insert_header("user-agent", concat!("tollgate/", env!("CARGO_PKG_VERSION")))?;
+    req.insert_header(
+        "user-agent",
+        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    )?;
     if let Some(key) = &provider.api_key {
         match provider.kind {
             ProviderKind::AzureOpenai => req.insert_header("api-key", key.expose())?,

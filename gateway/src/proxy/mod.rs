@@ -31,7 +31,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, connector: Connector, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        connector: Connector,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Gateway {
             runtime,
             connector,
@@ -80,7 +84,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
         self.metrics.in_flight.inc();
-        ctx.request_id = request_id(session);
+        ctx.request_id = request_id(session.get_header("x-request-id"));
         let runtime = self.runtime.load_full();
         ctx.runtime = Some(runtime.clone());
         match self.serve(session, ctx, &runtime).await {
@@ -102,7 +106,10 @@ impl ProxyHttp for Gateway {
         _ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // request_filter answers every request, so Pingora's own upstream path never runs.
-        Error::e_explain(InternalError, "the gateway drives its upstream calls itself")
+        Error::e_explain(
+            InternalError,
+            "the gateway drives its upstream calls itself",
+        )
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
@@ -112,9 +119,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         self.metrics.in_flight.dec();
-        let status = session
-            .response_written()
-            .map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let model = ctx.model.as_deref().unwrap_or("");
         let provider = ctx.provider.as_deref().unwrap_or("");
         self.metrics
@@ -261,7 +266,10 @@ impl Gateway {
 
 /// The next (target, endpoint) to try: targets in order, each pool's endpoints before the
 /// next target, never the same endpoint twice in one request.
-fn next_candidate<'m>(model: &'m Model, tried: &[Arc<Endpoint>]) -> Option<(&'m Target, Arc<Endpoint>)> {
+fn next_candidate<'m>(
+    model: &'m Model,
+    tried: &[Arc<Endpoint>],
+) -> Option<(&'m Target, Arc<Endpoint>)> {
     model.targets.iter().find_map(|target| {
         target
             .provider
@@ -283,9 +291,9 @@ fn all_failed(failures: &[(String, Failure)]) -> GatewayError {
     }
 }
 
-fn request_id(session: &Session) -> String {
-    session
-        .get_header("x-request-id")
+/// The client's `x-request-id` when it is sane, else a fresh random one.
+pub fn request_id(client_value: Option<&http::HeaderValue>) -> String {
+    client_value
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)

@@ -63,7 +63,10 @@ pub async fn relay(
         ("x-tollgate-provider", provider),
         ("x-tollgate-model", upstream_model),
         ("x-tollgate-attempts", ctx.attempts.to_string()),
-        ("x-tollgate-overhead-us", ctx.overhead().as_micros().to_string()),
+        (
+            "x-tollgate-overhead-us",
+            ctx.overhead().as_micros().to_string(),
+        ),
     ] {
         resp.insert_header(name, value)
             .map_err(|_| GatewayError::ClientGone)?;
@@ -91,7 +94,11 @@ pub async fn relay(
         ctx.upstream_wait += read_started.elapsed();
         let failure = match next {
             Ok(Ok(Some(chunk))) => {
-                if session.write_response_body(Some(chunk), false).await.is_err() {
+                if session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
+                {
                     upstream.session.shutdown().await;
                     return Err(GatewayError::ClientGone);
                 }

@@ -34,12 +34,9 @@ impl RequestHead {
         }
         let fields: Fields = serde_json::from_slice(body)
             .map_err(|e| bad(format!("The request body is not valid JSON: {e}."), None))?;
-        let raw = fields.model.ok_or_else(|| {
-            bad(
-                "You must provide a model parameter.".into(),
-                Some("model"),
-            )
-        })?;
+        let raw = fields
+            .model
+            .ok_or_else(|| bad("You must provide a model parameter.".into(), Some("model")))?;
         let model: String = serde_json::from_str(raw.get())
             .map_err(|_| bad("`model` must be a string.".into(), Some("model")))?;
         if model.is_empty() {

@@ -96,7 +96,8 @@ pub async fn send(
     )
     .map_err(|e| Failure::Connect(e.to_string()))?;
 
-    let budget = |phase: Duration| phase.min(call.deadline.saturating_duration_since(Instant::now()));
+    let budget =
+        |phase: Duration| phase.min(call.deadline.saturating_duration_since(Instant::now()));
     // A pooled connection may have been closed by the server while idle; that costs a fresh
     // connection, not an attempt (nothing reached the model).
     for _ in 0..STALE_RETRIES {

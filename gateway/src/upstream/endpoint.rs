@@ -133,7 +133,9 @@ fn split_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
     }
     match text.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => Some((host.to_string(), port.parse().ok()?)),
-        Some(_) => Some((text.to_string(), default_port)).filter(|_| text.parse::<IpAddr>().is_ok()),
+        Some(_) => {
+            Some((text.to_string(), default_port)).filter(|_| text.parse::<IpAddr>().is_ok())
+        }
         None => Some((text.to_string(), default_port)),
     }
 }
@@ -163,7 +165,10 @@ mod tests {
         assert!(e.needs_dns() && e.peer().is_none());
 
         let e = Endpoint::parse("http://gpu.internal:8080/proxy/", T).unwrap();
-        assert_eq!((e.prefix.as_str(), e.label.as_str()), ("/proxy", "gpu.internal:8080"));
+        assert_eq!(
+            (e.prefix.as_str(), e.label.as_str()),
+            ("/proxy", "gpu.internal:8080")
+        );
 
         let e = Endpoint::parse("http://[::1]:9000", T).unwrap();
         assert_eq!(e.authority, "[::1]:9000");
@@ -173,8 +178,8 @@ mod tests {
     fn rejects_bad_forms() {
         assert!(Endpoint::parse("ftp://x", T).is_err());
         assert!(Endpoint::parse("https://api.openai.com/v1", T)
-            .unwrap_err()
-            .contains("/v1"));
+            .err()
+            .is_some_and(|e| e.contains("/v1")));
         assert!(Endpoint::parse("host:notaport", T).is_err());
         assert!(Endpoint::parse(":80", T).is_err());
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::request::{messages_tokens, ChatRequest};
 use super::stream::{self, ChunkFormat};
-use super::{answer_delay, missing, new_id, invalid_json, stream_plan, stream_usage};
+use super::{answer_delay, invalid_json, missing, new_id, stream_plan, stream_usage};
 use super::{unix_now, StreamUsage, Usage};
 use crate::body::{json, sse_json, MockResponse};
 use crate::state::Shared;
@@ -186,7 +186,11 @@ mod tests {
 
     fn parse(event: &Bytes) -> Value {
         let text = std::str::from_utf8(event).unwrap();
-        let payload = text.strip_prefix("data: ").unwrap().strip_suffix("\n\n").unwrap();
+        let payload = text
+            .strip_prefix("data: ")
+            .unwrap()
+            .strip_suffix("\n\n")
+            .unwrap();
         serde_json::from_str(payload).unwrap()
     }
 
@@ -208,7 +212,10 @@ mod tests {
                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                 "logprobs": null, "finish_reason": null}]})
         );
-        assert_eq!(parse(&c.token(" hi"))["choices"][0]["delta"], json!({"content": " hi"}));
+        assert_eq!(
+            parse(&c.token(" hi"))["choices"][0]["delta"],
+            json!({"content": " hi"})
+        );
         let finish = parse(&c.finish(Finish::Stop));
         assert_eq!(finish["choices"][0]["delta"], json!({}));
         assert_eq!(finish["choices"][0]["finish_reason"], "stop");
@@ -220,7 +227,10 @@ mod tests {
     fn chunk_shapes_with_usage() {
         let c = chunks(true);
         assert_eq!(parse(&c.token("a"))["usage"], Value::Null);
-        assert!(parse(&c.token("a")).as_object().unwrap().contains_key("usage"));
+        assert!(parse(&c.token("a"))
+            .as_object()
+            .unwrap()
+            .contains_key("usage"));
         let usage = parse(&c.usage(Usage::new(1, 2)).unwrap());
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::request::CompletionRequest;
 use super::stream::{self, ChunkFormat};
-use super::{answer_delay, new_id, invalid_json, stream_plan, stream_usage};
+use super::{answer_delay, invalid_json, missing, new_id, stream_plan, stream_usage};
 use super::{unix_now, StreamUsage, Usage};
 use crate::body::{json, sse_json, MockResponse};
 use crate::state::Shared;
@@ -86,7 +86,11 @@ struct TextChunks {
 }
 
 impl TextChunks {
-    fn object<'a>(&'a self, choices: &'a [TextChoice<'a>], usage: StreamUsage) -> TextCompletion<'a> {
+    fn object<'a>(
+        &'a self,
+        choices: &'a [TextChoice<'a>],
+        usage: StreamUsage,
+    ) -> TextCompletion<'a> {
         TextCompletion {
             id: &self.id,
             object: "text_completion",
@@ -152,7 +156,10 @@ mod tests {
                    "choices": [{"text": "Hello", "index": 0, "logprobs": null, "finish_reason": null}],
                    "usage": null})
         );
-        assert_eq!(parse(&c.finish(Finish::Length))["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            parse(&c.finish(Finish::Length))["choices"][0]["finish_reason"],
+            "length"
+        );
         let usage = parse(&c.usage(Usage::new(2, 3)).unwrap());
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 5);

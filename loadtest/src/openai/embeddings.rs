@@ -4,7 +4,7 @@ use http::StatusCode;
 use serde::Serialize;
 
 use super::request::EmbeddingRequest;
-use super::{answer_delay, missing, invalid_json};
+use super::{answer_delay, invalid_json, missing};
 use crate::body::{json, MockResponse};
 use crate::config::MockConfig;
 use crate::text::{embedding, embedding_base64};

@@ -117,7 +117,10 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert!(matches!(route("/v1/chat/completions"), Some(Endpoint::Chat(None))));
+        assert!(matches!(
+            route("/v1/chat/completions"),
+            Some(Endpoint::Chat(None))
+        ));
         assert!(matches!(
             route("/openai/deployments/gpt4o/chat/completions"),
             Some(Endpoint::Chat(Some(d))) if d == "gpt4o"

@@ -77,7 +77,11 @@ pub(crate) fn messages_tokens(messages: &[Message]) -> u32 {
         .iter()
         .map(|m| match &m.content {
             Some(Content::Text(t)) => t.len(),
-            Some(Content::Parts(parts)) => parts.iter().filter_map(|p| p.text.as_ref()).map(String::len).sum(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| p.text.as_ref())
+                .map(String::len)
+                .sum(),
             None => 0,
         })
         .sum();

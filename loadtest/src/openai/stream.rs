@@ -177,7 +177,14 @@ mod tests {
         assert_eq!(end, StreamEnd::Completed);
         assert_eq!(
             events,
-            ["open", "Hello", " from", "length", "usage 5", "data: [DONE]\n\n"]
+            [
+                "open",
+                "Hello",
+                " from",
+                "length",
+                "usage 5",
+                "data: [DONE]\n\n"
+            ]
         );
     }
 

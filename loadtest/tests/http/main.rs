@@ -1,0 +1,6 @@
+//! The mock over real loopback HTTP.
+
+mod binary;
+mod client;
+mod openai;
+mod streams;

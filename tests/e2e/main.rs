@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `tollgate` binary, mock providers as separate processes, and
+//! plain HTTP over loopback.
+
+mod harness;
+
+mod cli;
+mod errors;
+mod failover;
+mod relay;
+mod reload;
+mod sdk;
+mod security;
