@@ -20,7 +20,7 @@ pub struct Row {
 impl Row {
     pub fn new(outcome: &Outcome, window: Duration) -> Row {
         let hist = &outcome.latencies_us;
-        let pct = |q| (hist.len() > 0).then(|| hist.value_at_quantile(q));
+        let pct = |q| (!hist.is_empty()).then(|| hist.value_at_quantile(q));
         Row {
             rps: hist.len() as f64 / window.as_secs_f64(),
             p50_us: pct(0.5),

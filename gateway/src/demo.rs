@@ -3,7 +3,7 @@
 use crate::{config, server};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use tollgate_mock::{MockArgs, MockConfig, MockKind};
+use tollgate_mock::{MockConfig, MockKind};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -126,15 +126,4 @@ fn instructions(args: &DemoArgs, config_path: &str) -> String {
     );
     let _ = writeln!(out, "  # models, metrics, running config\n  curl -s {gw}/v1/models\n  curl -s {admin}/metrics | grep tollgate_\n  curl -s {admin}/admin/config");
     out
-}
-
-/// `tollgate mock`: one mock provider in the foreground.
-pub fn run_mock(args: MockArgs) -> Result<(), String> {
-    let listen = args.listen;
-    let handle = tollgate_mock::spawn(listen, args.into_config())
-        .map_err(|e| format!("starting the mock on {listen}: {e}"))?;
-    println!("listening on {}", handle.addr());
-    loop {
-        std::thread::park();
-    }
 }

@@ -67,12 +67,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Mock(args) => match demo::run_mock(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
+        Command::Mock(args) => {
+            let listen = args.listen;
+            match tollgate_mock::run_foreground(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: mock on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }

@@ -20,6 +20,12 @@ const DURATION_BUCKETS: &[f64] = &[
     120.0, 300.0,
 ];
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();

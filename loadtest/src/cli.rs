@@ -1,5 +1,6 @@
 //! Command-line flags of a mock provider, shared by `tollgate-mock` and `tollgate mock`.
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use clap::Args;
@@ -71,6 +72,23 @@ impl MockArgs {
             record: !self.no_record,
         }
     }
+}
+
+/// Runs one mock in the foreground until the process ends: binds, prints
+/// `listening on <addr>` (tests read it to learn an ephemeral port), then serves.
+pub fn run_foreground(args: MockArgs) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.threads))
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = crate::server::bind(args.listen)?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {}", listener.local_addr()?)?;
+        stdout.flush()?;
+        drop(stdout);
+        crate::server::serve(listener, args.into_config()).await
+    })
 }
 
 fn non_negative(s: &str) -> Result<f64, String> {

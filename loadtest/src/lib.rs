@@ -17,6 +17,6 @@ mod state;
 mod text;
 mod vllm;
 
-pub use cli::MockArgs;
+pub use cli::{run_foreground, MockArgs};
 pub use config::{MockConfig, MockKind, UnknownKind, DEFAULT_MODEL};
 pub use server::{bind, serve, spawn, MockHandle, MockServer};

@@ -71,6 +71,22 @@ fn check_prints_a_summary_and_rejects_bad_configs_with_exit_2() {
     }
 }
 
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/example.yaml");
+    let out = Command::new(BIN)
+        .args(["check", "--config", example])
+        .env("OPENAI_API_KEY", "sk-a")
+        .env("AZURE_OPENAI_API_KEY", "sk-b")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_then_exits_within_the_grace_period() {
     let slow = Mock::start(&["--latency-ms", "400"]);

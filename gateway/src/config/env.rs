@@ -99,9 +99,11 @@ fn expand_str(
         let value = match (lookup(name), default) {
             (Some(v), _) => v,
             (None, Some(d)) => d.to_string(),
-            (None, None) => return Err(format!(
+            (None, None) => {
+                return Err(format!(
                 "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
-            )),
+            ))
+            }
         };
         found.values.push(value.clone());
         out.push_str(&value);

@@ -119,7 +119,7 @@ impl KeyTable {
         self.by_hash.get(&sha256(presented.as_bytes()))
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.by_hash.len()
     }
 }
@@ -194,7 +194,7 @@ impl Runtime {
             );
         }
         match &self.keys {
-            Some(keys) => out += &format!("keys: {}\n", keys.len()),
+            Some(keys) => out += &format!("keys: {}\n", keys.count()),
             None => out += "keys: none (the data plane accepts requests without a key)\n",
         }
         out
