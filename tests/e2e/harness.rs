@@ -130,6 +130,11 @@ impl Gateway {
 
     /// As `start`, with extra lines for the `server:` section (two-space indented).
     pub async fn start_with(body: &str, server_extra: &str) -> Gateway {
+        Self::start_env(body, server_extra, &[]).await
+    }
+
+    /// As `start_with`, with extra environment variables for the gateway process.
+    pub async fn start_env(body: &str, server_extra: &str, envs: &[(&str, &str)]) -> Gateway {
         for _ in 0..3 {
             let dir = TempDir::new("gw");
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -145,6 +150,7 @@ impl Gateway {
                 .arg(&config)
                 .env("RUST_LOG", "debug")
                 .env(UPSTREAM_KEY_VAR, UPSTREAM_KEY)
+                .envs(envs.iter().copied())
                 .stdout(Stdio::from(
                     std::fs::File::create(dir.0.join("stdout.log")).unwrap(),
                 ))

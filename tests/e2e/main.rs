@@ -10,3 +10,4 @@ mod relay;
 mod reload;
 mod sdk;
 mod security;
+mod tls;

@@ -249,3 +249,63 @@ async fn upstream_dying_mid_stream_ends_with_one_error_event() {
     assert_eq!(data.iter().filter(|d| d.contains("\"error\"")).count(), 1);
     assert!(data.len() >= 2, "the chunks before the cut were relayed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_100_continue_is_answered_before_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - name: m\n    targets: [{{ provider: up, model: x }}]\n",
+        provider("up", &mock.url())
+    ))
+    .await;
+    let body = serde_json::to_vec(&chat_body("m", false)).unwrap();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // The client sends nothing more until it hears "100 Continue".
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("no 100 Continue: the client would stall")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    conn.write_all(&body).await.unwrap();
+    let mut response = Vec::new();
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        response.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.contains("200 OK"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_spreads_requests_over_its_endpoints() {
+    let (a, b) = (Mock::start(&[]), Mock::start(&[]));
+    let gw = Gateway::start(&format!(
+        "providers:\n  - {{ name: pool, kind: vllm, endpoints: [\"{}\", \"{}\"] }}\nmodels:\n  - name: m\n    targets: [{{ provider: pool, model: llama }}]\n",
+        a.addr, b.addr
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    for _ in 0..6 {
+        let r = client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat_body("m", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(a.requests().await.len(), 3);
+    assert_eq!(b.requests().await.len(), 3);
+}

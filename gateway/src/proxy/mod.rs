@@ -334,6 +334,17 @@ async fn read_body(session: &mut Session, limit: u64) -> std::result::Result<Byt
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::BodyTooLarge { limit });
     }
+    // Clients that ask first (curl does above 1 MiB) would otherwise wait a second for this.
+    let expects_continue = session
+        .get_header("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|_| GatewayError::ClientGone)?;
+    }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(chunk) = session
         .read_request_body()
