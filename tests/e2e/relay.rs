@@ -309,3 +309,43 @@ async fn a_pool_spreads_requests_over_its_endpoints() {
     assert_eq!(a.requests().await.len(), 3);
     assert_eq!(b.requests().await.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_plugin_writes_one_line_per_request() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - name: m\n    targets: [{{ provider: up, model: gpt-4o }}]\nkeys:\n  - {{ id: billing-app, key: sk-log-test }}\nplugins:\n  access_log: true\n",
+        provider("up", &mock.url())
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    for model in ["m", "missing"] {
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("sk-log-test")
+            .header("x-request-id", format!("log-{model}"))
+            .json(&chat_body(model, false))
+            .send()
+            .await
+            .unwrap();
+    }
+    let found = eventually(Duration::from_secs(5), || async {
+        gw.log().matches("tollgate::access").count() >= 2
+    })
+    .await;
+    assert!(found, "{}", gw.log());
+    let log = gw.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.contains("tollgate::access"))
+        .map(|l| serde_json::from_str(&l[l.find('{').unwrap()..]).unwrap())
+        .collect();
+    assert_eq!(lines[0]["request_id"], "log-m");
+    assert_eq!(lines[0]["key"], "billing-app");
+    assert_eq!(lines[0]["provider"], "up");
+    assert_eq!(lines[0]["upstream_model"], "gpt-4o");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[1]["request_id"], "log-missing");
+    assert_eq!(lines[1]["status"], 404);
+    assert!(!log.contains("sk-log-test") && !log.contains(UPSTREAM_KEY));
+}

@@ -16,6 +16,16 @@ pub struct FileConfig {
     pub models: Vec<ModelSection>,
     #[serde(default)]
     pub keys: Vec<KeySection>,
+    #[serde(default)]
+    pub plugins: PluginsSection,
+}
+
+/// Plugins run in the order listed here.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// One JSON line per request on the `tollgate::access` log target.
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

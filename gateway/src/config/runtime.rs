@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tollgate_plugins::access_log::AccessLog;
+use tollgate_plugins::Plugin;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -31,6 +33,8 @@ pub struct Runtime {
     model_index: HashMap<String, usize>,
     /// `None`: no keys configured, the data plane is open.
     pub keys: Option<KeyTable>,
+    /// In the order they run.
+    pub plugins: Vec<Arc<dyn Plugin>>,
 }
 
 pub struct ServerSettings {
@@ -197,6 +201,15 @@ impl Runtime {
             Some(keys) => out += &format!("keys: {}\n", keys.count()),
             None => out += "keys: none (the data plane accepts requests without a key)\n",
         }
+        let plugins: Vec<&str> = self.plugins.iter().map(|p| p.name()).collect();
+        out += &format!(
+            "plugins: {}\n",
+            if plugins.is_empty() {
+                "none".to_string()
+            } else {
+                plugins.join(", ")
+            }
+        );
         out
     }
 
@@ -261,6 +274,7 @@ impl Runtime {
                     }),
                 })).collect::<Vec<_>>()
             }),
+            "plugins": self.plugins.iter().map(|p| p.name()).collect::<Vec<_>>(),
         })
     }
 }
@@ -337,6 +351,11 @@ pub fn build(
         Some(KeyTable { by_hash })
     };
 
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    if file.plugins.access_log == Some(true) {
+        plugins.push(Arc::new(AccessLog));
+    }
+
     Ok(Runtime {
         source: source.to_path_buf(),
         loaded_at: SystemTime::now(),
@@ -345,6 +364,7 @@ pub fn build(
         models,
         model_index,
         keys,
+        plugins,
     })
 }
 

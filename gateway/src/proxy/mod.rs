@@ -22,6 +22,7 @@ use request::RequestHead;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
+use tollgate_plugins::Settlement;
 use upstream_call::{Call, Failure};
 
 pub struct Gateway {
@@ -50,6 +51,7 @@ pub struct RequestCtx {
     request_id: String,
     /// The config snapshot this request runs on from start to end.
     runtime: Option<Arc<Runtime>>,
+    key_id: Option<String>,
     model: Option<String>,
     provider: Option<String>,
     upstream_model: Option<String>,
@@ -73,6 +75,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             request_id: String::new(),
             runtime: None,
+            key_id: None,
             model: None,
             provider: None,
             upstream_model: None,
@@ -120,6 +123,25 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         self.metrics.in_flight.dec();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(runtime) = &ctx.runtime {
+            let req = session.req_header();
+            let settlement = Settlement {
+                request_id: &ctx.request_id,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                key_id: ctx.key_id.as_deref(),
+                model: ctx.model.as_deref(),
+                provider: ctx.provider.as_deref(),
+                upstream_model: ctx.upstream_model.as_deref(),
+                status,
+                attempts: ctx.attempts,
+                duration: ctx.started.elapsed(),
+                overhead: ctx.overhead(),
+            };
+            for plugin in &runtime.plugins {
+                plugin.settle(&settlement);
+            }
+        }
         let model = ctx.model.as_deref().unwrap_or("");
         let provider = ctx.provider.as_deref().unwrap_or("");
         self.metrics
@@ -147,6 +169,7 @@ impl Gateway {
                 return Err(GatewayError::MethodNotAllowed { method, path });
             }
             let key = authenticate(session, rt)?;
+            ctx.key_id = key.as_ref().map(|k| k.id.clone());
             return self.complete(session, ctx, rt, key, op).await;
         }
         if path == "/v1/models" || path.starts_with("/v1/models/") {

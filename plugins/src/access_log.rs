@@ -1,0 +1,65 @@
+//! One JSON line per request on the `tollgate::access` log target: who called what, where it
+//! went, how it ended. Never the body, never a credential.
+
+use crate::{Plugin, Settlement};
+use serde_json::json;
+
+pub struct AccessLog;
+
+impl AccessLog {
+    pub fn line(s: &Settlement) -> String {
+        json!({
+            "request_id": s.request_id,
+            "method": s.method,
+            "path": s.path,
+            "key": s.key_id,
+            "model": s.model,
+            "provider": s.provider,
+            "upstream_model": s.upstream_model,
+            "status": s.status,
+            "attempts": s.attempts,
+            "duration_ms": (s.duration.as_secs_f64() * 1e3 * 1e3).round() / 1e3,
+            "overhead_us": s.overhead.as_micros() as u64,
+        })
+        .to_string()
+    }
+}
+
+impl Plugin for AccessLog {
+    fn name(&self) -> &'static str {
+        "access_log"
+    }
+
+    fn settle(&self, outcome: &Settlement) {
+        log::info!(target: "tollgate::access", "{}", Self::line(outcome));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn one_json_line_with_the_outcome() {
+        let line = AccessLog::line(&Settlement {
+            request_id: "r1",
+            method: "POST",
+            path: "/v1/chat/completions",
+            key_id: Some("app"),
+            model: Some("support"),
+            provider: Some("openai"),
+            upstream_model: Some("gpt-4o"),
+            status: 200,
+            attempts: 2,
+            duration: Duration::from_micros(12_345),
+            overhead: Duration::from_micros(150),
+        });
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["key"], "app");
+        assert_eq!(v["attempts"], 2);
+        assert_eq!(v["duration_ms"], 12.345);
+        assert_eq!(v["overhead_us"], 150);
+    }
+}
