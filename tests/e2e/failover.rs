@@ -166,3 +166,27 @@ async fn one_mib_prompt_routes_and_fails_over_byte_exact() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_refusing_our_credential_fails_over_and_is_never_relayed() {
+    // The mock demands another key than the one the gateway holds.
+    let wrong_key = Mock::start(&["--api-key", "sk-some-other-key"]);
+    let good = Mock::start(&[]);
+    let gw = Gateway::start(&two_targets(&wrong_key.url(), &good.url(), "")).await;
+    let r = chat(&gw).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tollgate-provider"], "second");
+
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - name: m\n    targets: [{{ provider: only, model: x }}]\n",
+        provider("only", &wrong_key.url())
+    ))
+    .await;
+    let e = expect_error(chat(&gw).await, 502, Some("upstream_failed")).await;
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("refused the gateway's credential"),
+        "{message}"
+    );
+    assert!(!message.contains("sk-"), "{message}");
+}

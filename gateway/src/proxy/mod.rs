@@ -236,7 +236,10 @@ impl Gateway {
                 Ok(response) => {
                     ctx.upstream_wait += response.waited;
                     let status = response.header().status.as_u16();
-                    if !model.retry.on.status(status) {
+                    // A provider refusing the gateway's own credential is never the client's
+                    // business, and its message may quote part of that credential.
+                    let credential_refused = status == 401 || status == 403;
+                    if !credential_refused && !model.retry.on.status(status) {
                         ctx.provider = Some(target.provider.name.clone());
                         ctx.upstream_model = Some(target.model.clone());
                         return relay::relay(
@@ -275,6 +278,7 @@ impl Gateway {
             let retryable = match &failure {
                 Failure::Connect(_) => model.retry.on.connect,
                 Failure::Timeout(_) => model.retry.on.timeout,
+                // Credential refusals always move on: another target may be configured right.
                 Failure::Status(_) => true,
                 Failure::Reset(_) => model.retry.on.status_5xx,
             };

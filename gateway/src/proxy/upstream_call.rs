@@ -23,7 +23,8 @@ pub enum Failure {
     Connect(String),
     /// Connect, first byte or a deadline ran out.
     Timeout(String),
-    /// The upstream answered with a status that may be retried elsewhere (429, 5xx).
+    /// The upstream answered with a status that may be retried elsewhere (429, 5xx), or
+    /// refused the gateway's credential (401, 403).
     Status(u16),
     /// The connection broke after the request was sent.
     Reset(String),
@@ -36,6 +37,7 @@ impl Failure {
             Failure::Connect(_) => "connect".into(),
             Failure::Timeout(_) => "timeout".into(),
             Failure::Status(429) => "429".into(),
+            Failure::Status(401 | 403) => "auth".into(),
             Failure::Status(s) if *s >= 500 => "5xx".into(),
             Failure::Status(s) => s.to_string(),
             Failure::Reset(_) => "reset".into(),
@@ -46,6 +48,9 @@ impl Failure {
         match self {
             Failure::Connect(d) => format!("connect error ({d})"),
             Failure::Timeout(d) => format!("timed out ({d})"),
+            Failure::Status(s @ (401 | 403)) => {
+                format!("HTTP {s} (the provider refused the gateway's credential)")
+            }
             Failure::Status(s) => format!("HTTP {s}"),
             Failure::Reset(d) => format!("connection reset ({d})"),
         }
