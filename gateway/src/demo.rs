@@ -89,8 +89,7 @@ models:
     println!("{}", instructions(&args, &path.display().to_string()));
     // The mocks live as long as the process: their handles stay alive across `run`.
     let _mocks = (openai, flaky, gpu);
-    server::run(path, runtime);
-    Ok(())
+    server::run(path, runtime)
 }
 
 fn instructions(args: &DemoArgs, config_path: &str) -> String {

@@ -41,10 +41,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::Serve { config: path } => match config::load(&path, None) {
-            Ok(runtime) => {
-                server::run(path, runtime);
-                ExitCode::SUCCESS
-            }
+            Ok(runtime) => match server::run(path, runtime) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(CONFIG_ERROR)

@@ -14,17 +14,46 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::net::TcpSocket;
 
-/// Runs the gateway until SIGTERM (drain, then exit) or SIGINT (exit now).
-pub fn run(config_path: PathBuf, runtime: Runtime) {
+/// Fails fast when a listen address is taken: Pingora itself would retry binding forever.
+fn check_bindable(addrs: &[SocketAddr]) -> Result<(), String> {
+    for addr in addrs {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        };
+        socket
+            .and_then(|s| {
+                // As Pingora does, so sockets in TIME_WAIT from a previous run do not count.
+                s.set_reuseaddr(true)?;
+                s.bind(*addr)?;
+                s.listen(1).map(drop)
+            })
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs the gateway until SIGTERM (drain, then exit) or SIGINT (exit now). Returns only when
+/// it cannot start.
+pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
+    let mut addrs = runtime.server.listen.clone();
+    addrs.push(runtime.server.admin_listen);
     // Resolve host names before serving, so the first requests do not fail on DNS.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("a current-thread runtime builds")
-        .block_on(resolve_endpoints(&runtime));
+        .map_err(|e| format!("cannot start: {e}"))?
+        .block_on(async {
+            check_bindable(&addrs)?;
+            resolve_endpoints(&runtime).await;
+            Ok::<(), String>(())
+        })?;
     log::info!("starting tollgate\n{}", runtime.summary());
 
     let settings = &runtime.server;

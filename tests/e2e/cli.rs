@@ -192,3 +192,37 @@ async fn demo_answers_its_own_curl_lines() {
         "the demo's upstream key stays hidden"
     );
 }
+
+#[test]
+fn serve_fails_fast_when_its_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new("taken");
+    let config = dir.0.join("c.yaml");
+    std::fs::write(
+        &config,
+        format!("server:\n  listen: [\"127.0.0.1:{port}\"]\n  admin_listen: \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Some(status) = child.try_wait().unwrap() else {
+        let _ = child.kill();
+        panic!("serve kept running on a taken port");
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}

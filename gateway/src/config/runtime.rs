@@ -392,6 +392,12 @@ fn build_server(cx: &Ctx, s: ServerSection) -> Result<ServerSettings, ConfigErro
             format!("invalid address {admin_text:?} (expected ip:port, e.g. 127.0.0.1:9090)"),
         )
     })?;
+    if listen.contains(&admin_listen) {
+        return Err(cx.err(
+            "server.admin_listen",
+            format!("{admin_listen} is also in server.listen; the admin API needs its own address"),
+        ));
+    }
     let admin_token = s.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
     if !admin_listen.ip().is_loopback() && admin_token.is_none() {
         return Err(cx.err(
