@@ -5,9 +5,11 @@
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use std::time::{Duration, Instant};
 
@@ -84,7 +86,7 @@ pub async fn relay(
         let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
         let read_started = Instant::now();
         let next = tokio::select! {
-            read = tokio::time::timeout(wait, upstream.session.read_response_body()) => read,
+            read = pingora::time::timeout(wait, upstream.session.read_response_body()) => read,
             // Resolves only when the client hangs up: stop generating tokens nobody reads.
             _ = session.as_downstream_mut().read_body_or_idle(true) => {
                 upstream.session.shutdown().await;
@@ -92,26 +94,43 @@ pub async fn relay(
             }
         };
         ctx.upstream_wait += read_started.elapsed();
-        let failure = match next {
+        let (data, after) = match next {
             Ok(Ok(Some(chunk))) => {
-                if session
-                    .write_response_body(Some(chunk), false)
-                    .await
-                    .is_err()
-                {
-                    upstream.session.shutdown().await;
-                    return Err(GatewayError::ClientGone);
-                }
-                continue;
+                let (data, after) = take_ready(&mut upstream.session, chunk).await;
+                (Some(data), after)
             }
             Ok(Ok(None)) => break,
-            Ok(Err(e)) => GatewayError::UpstreamFailed(format!(
+            Ok(Err(e)) => (None, Err(e)),
+            Err(_) => (
+                None,
+                Err(pingora::Error::explain(
+                    pingora::ErrorType::ReadTimedout,
+                    "idle timeout",
+                )),
+            ),
+        };
+        if let Some(data) = data {
+            if session
+                .write_response_body(Some(data), false)
+                .await
+                .is_err()
+            {
+                upstream.session.shutdown().await;
+                return Err(GatewayError::ClientGone);
+            }
+        }
+        let failure = match after {
+            Ok(false) => continue,
+            Ok(true) => break,
+            Err(e) if matches!(e.etype(), pingora::ErrorType::ReadTimedout) => {
+                GatewayError::UpstreamTimeout(
+                    "no data from the upstream within the idle timeout".into(),
+                )
+            }
+            Err(e) => GatewayError::UpstreamFailed(format!(
                 "the upstream connection broke mid-response ({})",
                 e.etype().as_str().to_lowercase()
             )),
-            Err(_) => GatewayError::UpstreamTimeout(
-                "no data from the upstream within the idle timeout".into(),
-            ),
         };
         upstream.session.shutdown().await;
         if event_stream {
@@ -132,4 +151,35 @@ pub async fn relay(
         .release_http_session(upstream.session, &*upstream.peer, idle_timeout)
         .await;
     Ok(())
+}
+
+/// Chunks already delivered together are written together, up to this many bytes.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// `first` plus whatever the upstream has already delivered, without waiting for more (so
+/// streaming latency is unchanged, and a burst costs one downstream write instead of many).
+/// After the data: `Ok(true)` when the body ended, `Ok(false)` when more may come.
+async fn take_ready(upstream: &mut HttpSession, first: Bytes) -> (Bytes, pingora::Result<bool>) {
+    let mut buf: Option<BytesMut> = None;
+    let after = loop {
+        let len = buf.as_ref().map_or(first.len(), |b| b.len());
+        if len >= COALESCE_LIMIT {
+            break Ok(false);
+        }
+        // Polls the read once: `ready` wins only when the upstream has nothing buffered.
+        let ready = tokio::select! {
+            biased;
+            read = upstream.read_response_body() => Some(read),
+            _ = std::future::ready(()) => None,
+        };
+        match ready {
+            None => break Ok(false),
+            Some(Ok(Some(chunk))) => buf
+                .get_or_insert_with(|| BytesMut::from(&first[..]))
+                .extend_from_slice(&chunk),
+            Some(Ok(None)) => break Ok(true),
+            Some(Err(e)) => break Err(e),
+        }
+    };
+    (buf.map_or(first, BytesMut::freeze), after)
 }

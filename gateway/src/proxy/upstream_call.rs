@@ -108,7 +108,7 @@ pub async fn send(
     for _ in 0..STALE_RETRIES {
         let connect = budget(provider.timeouts.connect * 2);
         let (mut session, reused) =
-            match tokio::time::timeout(connect, connector.get_http_session(&*peer)).await {
+            match pingora::time::timeout(connect, connector.get_http_session(&*peer)).await {
                 Err(_) => return Err(Failure::Timeout("connect".into())),
                 Ok(Err(e)) if matches!(e.etype(), ErrorType::ConnectTimedout) => {
                     return Err(Failure::Timeout("connect".into()))
@@ -122,7 +122,7 @@ pub async fn send(
             session.finish_request_body().await?;
             session.read_response_header().await
         };
-        match tokio::time::timeout(budget(provider.timeouts.first_token), exchange).await {
+        match pingora::time::timeout(budget(provider.timeouts.first_token), exchange).await {
             Err(_) => {
                 session.shutdown().await;
                 return Err(Failure::Timeout("no response header in time".into()));
