@@ -86,6 +86,8 @@ pub async fn relay(
         let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
         let read_started = Instant::now();
         let next = tokio::select! {
+            // Upstream first: when data is already there, the client probe costs nothing.
+            biased;
             read = pingora::time::timeout(wait, upstream.session.read_response_body()) => read,
             // Resolves only when the client hangs up: stop generating tokens nobody reads.
             _ = session.as_downstream_mut().read_body_or_idle(true) => {
