@@ -13,15 +13,6 @@ fn two_targets(first_url: &str, second_url: &str, extra: &str) -> String {
     )
 }
 
-async fn chat(gw: &Gateway) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("m", false))
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn fails_over_on_500_429_and_connection_refused() {
     let good = Mock::start(&[]);
@@ -34,19 +25,14 @@ async fn fails_over_on_500_429_and_connection_refused() {
         (refused, "connect"),
     ] {
         let gw = Gateway::start(&two_targets(&failing, &good.url(), "")).await;
-        let r = chat(&gw).await;
+        let r = gw.chat("m", false).await;
         assert_eq!(r.status(), 200, "after a {expected_kind} failure");
         assert_eq!(r.headers()["x-tollgate-attempts"], "2");
         assert_eq!(r.headers()["x-tollgate-provider"], "second");
         assert_eq!(r.headers()["x-tollgate-model"], "model-b");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["model"], "model-b");
-        let metrics = reqwest::get(gw.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = gw.metrics().await;
         assert!(
             metrics.contains(&format!(
                 "tollgate_upstream_errors_total{{kind=\"{expected_kind}\",provider=\"first\"}} 1"
@@ -63,7 +49,7 @@ async fn does_not_fail_over_on_400() {
     let bad_request = Mock::start(&["--error-rate", "1", "--error-status", "400"]);
     let good = Mock::start(&[]);
     let gw = Gateway::start(&two_targets(&bad_request.url(), &good.url(), "")).await;
-    let r = chat(&gw).await;
+    let r = gw.chat("m", false).await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["x-tollgate-attempts"], "1");
     let body: Value = r.json().await.unwrap();
@@ -84,7 +70,7 @@ async fn retry_on_limits_what_fails_over() {
         "    retry: { attempts: 2, on: [connect] }\n",
     ))
     .await;
-    let r = chat(&gw).await;
+    let r = gw.chat("m", false).await;
     assert_eq!(
         r.status(),
         500,
@@ -101,7 +87,7 @@ async fn all_targets_down_is_502_and_timeouts_are_504() {
         "",
     ))
     .await;
-    let r = chat(&gw).await;
+    let r = gw.chat("m", false).await;
     assert_eq!(r.headers()["x-tollgate-attempts"], "2");
     let e = expect_error(r, 502, Some("upstream_failed")).await;
     let message = e["message"].as_str().unwrap();
@@ -111,12 +97,7 @@ async fn all_targets_down_is_502_and_timeouts_are_504() {
     );
 
     // Streaming requests that fail before the first byte get the same JSON error.
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("m", true))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.chat("m", true).await;
     expect_error(r, 502, Some("upstream_failed")).await;
 
     let slow = Mock::start(&["--latency-ms", "3000"]);
@@ -125,7 +106,7 @@ async fn all_targets_down_is_502_and_timeouts_are_504() {
         slow.url()
     ))
     .await;
-    let r = chat(&gw).await;
+    let r = gw.chat("m", false).await;
     expect_error(r, 504, Some("upstream_timeout")).await;
 }
 
@@ -173,7 +154,7 @@ async fn a_provider_refusing_our_credential_fails_over_and_is_never_relayed() {
     let wrong_key = Mock::start(&["--api-key", "sk-some-other-key"]);
     let good = Mock::start(&[]);
     let gw = Gateway::start(&two_targets(&wrong_key.url(), &good.url(), "")).await;
-    let r = chat(&gw).await;
+    let r = gw.chat("m", false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-tollgate-provider"], "second");
 
@@ -182,7 +163,7 @@ async fn a_provider_refusing_our_credential_fails_over_and_is_never_relayed() {
         provider("only", &wrong_key.url())
     ))
     .await;
-    let e = expect_error(chat(&gw).await, 502, Some("upstream_failed")).await;
+    let e = expect_error(gw.chat("m", false).await, 502, Some("upstream_failed")).await;
     let message = e["message"].as_str().unwrap();
     assert!(
         message.contains("refused the gateway's credential"),

@@ -195,6 +195,35 @@ impl Gateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `POST /v1/chat/completions` without a key.
+    pub async fn chat(&self, model: &str, stream: bool) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.url("/v1/chat/completions"))
+            .json(&chat_body(model, stream))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /admin/reload`.
+    pub async fn reload(&self) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.admin_url("/admin/reload"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }

@@ -204,12 +204,7 @@ async fn client_disconnect_cancels_the_upstream_stream() {
         provider("up", &mock.url())
     ))
     .await;
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("m", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat("m", true).await;
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
     assert_eq!(mock.stats().await["streams_started"], 1);
@@ -234,12 +229,7 @@ async fn upstream_dying_mid_stream_ends_with_one_error_event() {
         provider("up", &mock.url())
     ))
     .await;
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body("m", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat("m", true).await;
     assert_eq!(resp.status(), 200);
     let (_, data) = read_sse(resp).await;
     assert!(!data.contains(&"[DONE]".to_string()));

@@ -15,23 +15,11 @@ fn config(mock: &Mock, models: &[&str]) -> String {
 }
 
 async fn status_of(gw: &Gateway, model: &str) -> u16 {
-    reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(model, false))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    gw.chat(model, false).await.status().as_u16()
 }
 
 async fn reload_count(gw: &Gateway, result: &str) -> u64 {
-    let text = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     let prefix = format!("tollgate_config_reloads_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -94,11 +82,7 @@ async fn file_change_adds_a_model_and_a_bad_file_keeps_the_old_config() {
     );
 
     // The admin API reports the same validation error, in OpenAI's error shape.
-    let r = reqwest::Client::new()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     let e = expect_error(r, 400, Some("invalid_config")).await;
     let message = e["message"].as_str().unwrap();
     assert!(
@@ -145,11 +129,7 @@ async fn atomic_rename_sighup_and_admin_reload() {
     .await;
     assert!(reloaded);
 
-    let r = reqwest::Client::new()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "reloaded");
@@ -172,11 +152,7 @@ async fn in_flight_requests_finish_on_their_snapshot() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The model disappears while its request is still running.
     gw.rewrite(&config(&slow, &["other"]));
-    let r = reqwest::Client::new()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     assert_eq!(status_of(&gw, "m").await, 404);
     assert_eq!(in_flight.await.unwrap(), 200);

@@ -47,14 +47,7 @@ async fn provider_key_never_appears_in_logs_admin_metrics_or_errors() {
         .unwrap();
     // Reload with a config whose secret sits where a number belongs: the error must not echo it.
     gw.rewrite(&format!("providers:\n  - {{ name: x, kind: openai, base_url: \"http://127.0.0.1:1\", timeouts: {{ connect: \"${{{UPSTREAM_KEY_VAR}}}\" }} }}\n"));
-    seen += &c
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    seen += &gw.reload().await.text().await.unwrap();
     let log = gw.log();
     assert!(
         log.contains("attempt 1"),
@@ -93,7 +86,7 @@ async fn admin_token_guards_admin_endpoints_but_not_health() {
         .await
         .unwrap();
     expect_error(r, 401, None).await;
-    let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    let r = gw.reload().await;
     expect_error(r, 401, None).await;
     let r = c
         .get(gw.admin_url("/admin/config"))

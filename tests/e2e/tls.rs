@@ -113,12 +113,7 @@ async fn https_upstream_is_verified_against_the_trust_store() {
     );
 
     let trusted = Gateway::start_env(&config, "", &[("SSL_CERT_FILE", &ca)]).await;
-    let r = reqwest::Client::new()
-        .post(trusted.url("/v1/chat/completions"))
-        .json(&chat_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let r = trusted.chat("m", false).await;
     assert_eq!(r.status(), 200, "{}", trusted.log());
     let body: Value = r.json().await.unwrap();
     let content = body["choices"][0]["message"]["content"].as_str().unwrap();
@@ -126,11 +121,6 @@ async fn https_upstream_is_verified_against_the_trust_store() {
 
     // Without the certificate in the trust store the handshake must fail: no silent downgrade.
     let untrusted = Gateway::start(&config).await;
-    let r = reqwest::Client::new()
-        .post(untrusted.url("/v1/chat/completions"))
-        .json(&chat_body("m", false))
-        .send()
-        .await
-        .unwrap();
+    let r = untrusted.chat("m", false).await;
     expect_error(r, 502, Some("upstream_failed")).await;
 }
