@@ -128,11 +128,47 @@ async fn atomic_rename_sighup_and_admin_reload() {
     })
     .await;
     assert!(reloaded);
+    let hup_logged = eventually(Duration::from_secs(2), || async {
+        gw.log().contains("config reloaded (SIGHUP)")
+    })
+    .await;
+    assert!(hup_logged, "SIGHUP did not trigger a reload");
 
     let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "reloaded");
+
+    // A Kubernetes ConfigMap volume: the file is a symlink, swapped to a new target directory.
+    let dir = gw.config.parent().unwrap().to_path_buf();
+    for (generation, model) in [(1, "d"), (2, "e")] {
+        let data = dir.join(format!("..data-{generation}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let text = std::fs::read_to_string(&gw.config).unwrap();
+        let previous = ["a", "b", "c", "d"]
+            .iter()
+            .find(|m| text.contains(&format!("- name: {m}\n")))
+            .unwrap();
+        std::fs::write(
+            data.join("tollgate.yaml"),
+            text.replace(
+                &format!("- name: {previous}\n"),
+                &format!("- name: {model}\n"),
+            ),
+        )
+        .unwrap();
+        let link = dir.join("tollgate.yaml.new");
+        std::os::unix::fs::symlink(data.join("tollgate.yaml"), &link).unwrap();
+        std::fs::rename(&link, &gw.config).unwrap();
+        let swapped = eventually(Duration::from_secs(2), || async {
+            status_of(&gw, model).await == 200
+        })
+        .await;
+        assert!(
+            swapped,
+            "symlink swap {generation} was not picked up within 2 s"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
