@@ -275,13 +275,7 @@ impl Gateway {
                 .upstream_errors
                 .with_label_values(&[&target.provider.name, &failure.kind()])
                 .inc();
-            let retryable = match &failure {
-                Failure::Connect(_) => model.retry.on.connect,
-                Failure::Timeout(_) => model.retry.on.timeout,
-                // Credential refusals always move on: another target may be configured right.
-                Failure::Status(_) => true,
-                Failure::Reset(_) => model.retry.on.status_5xx,
-            };
+            let retryable = failure.retryable(&model.retry.on);
             failures.push((target.provider.name.clone(), failure));
             if !retryable {
                 break;

@@ -3,6 +3,7 @@
 //! on failover (Pingora's own retry buffer stops at 64 KiB) and each attempt can send a
 //! differently translated body.
 
+use crate::config::runtime::RetryOn;
 use crate::providers::{openai_compat, Operation, Provider};
 use crate::upstream::Endpoint;
 use bytes::Bytes;
@@ -41,6 +42,18 @@ impl Failure {
             Failure::Status(s) if *s >= 500 => "5xx".into(),
             Failure::Status(s) => s.to_string(),
             Failure::Reset(_) => "reset".into(),
+        }
+    }
+
+    /// Whether the next attempt may follow this failure.
+    pub fn retryable(&self, on: &RetryOn) -> bool {
+        match self {
+            Failure::Connect(_) => on.connect,
+            Failure::Timeout(_) => on.timeout,
+            // Only retryable statuses and credential refusals become failures; a refusal
+            // always moves on, since another target may hold a working credential.
+            Failure::Status(_) => true,
+            Failure::Reset(_) => on.status_5xx,
         }
     }
 
@@ -139,4 +152,27 @@ pub async fn send(
         }
     }
     Err(Failure::Connect("pooled connections kept failing".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_on_decides_what_moves_on() {
+        let only_connect = RetryOn {
+            connect: true,
+            timeout: false,
+            status_429: false,
+            status_5xx: false,
+        };
+        assert!(Failure::Connect("refused".into()).retryable(&only_connect));
+        assert!(!Failure::Timeout("connect".into()).retryable(&only_connect));
+        assert!(!Failure::Reset("eof".into()).retryable(&only_connect));
+        assert!(Failure::Status(401).retryable(&only_connect));
+        assert_eq!(Failure::Status(503).kind(), "5xx");
+        assert_eq!(Failure::Status(429).kind(), "429");
+        assert_eq!(Failure::Status(403).kind(), "auth");
+        assert!(Failure::Status(401).describe().contains("credential"));
+    }
 }
