@@ -31,6 +31,8 @@ pub enum GatewayError {
     UpstreamTimeout(String),
     /// The client went away; nothing more can be sent.
     ClientGone,
+    /// Something failed inside the serving machinery itself, with the status it maps to.
+    Internal { status: u16 },
 }
 
 impl GatewayError {
@@ -46,6 +48,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => 504,
             // nginx's convention; logged, never sent.
             GatewayError::ClientGone => 499,
+            GatewayError::Internal { status } => *status,
         }
     }
 
@@ -54,6 +57,7 @@ impl GatewayError {
             GatewayError::MissingKey | GatewayError::InvalidKey => "authentication_error",
             GatewayError::ModelNotAllowed(_) => "permission_error",
             GatewayError::UpstreamFailed(_) | GatewayError::UpstreamTimeout(_) => "upstream_error",
+            GatewayError::Internal { status } if *status >= 500 => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -71,6 +75,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::ClientGone => "client_closed_request",
+            GatewayError::Internal { .. } => "internal_error",
         })
     }
 
@@ -133,6 +138,12 @@ impl fmt::Display for GatewayError {
                 write!(f, "The upstream timed out: {detail}")
             }
             GatewayError::ClientGone => f.write_str("The client closed the connection."),
+            GatewayError::Internal { status } if *status < 500 => {
+                f.write_str("The request could not be processed.")
+            }
+            GatewayError::Internal { .. } => {
+                f.write_str("The gateway failed to process the request.")
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use request::RequestHead;
 use serde_json::json;
 use std::sync::Arc;
@@ -113,6 +113,34 @@ impl ProxyHttp for Gateway {
             InternalError,
             "the gateway drives its upstream calls itself",
         )
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // Whatever Pingora fails on still answers in OpenAI's shape, never a bare status page.
+        let code = match (e.etype(), e.esource()) {
+            (HTTPStatus(code), _) => *code,
+            (_, ErrorSource::Downstream)
+                if matches!(e.etype(), WriteError | ReadError | ConnectionClosed) =>
+            {
+                0
+            }
+            (_, ErrorSource::Downstream) => 400,
+            (_, ErrorSource::Upstream) => 502,
+            _ => 500,
+        };
+        if code > 0 && session.response_written().is_none() {
+            let body = GatewayError::Internal { status: code }.body();
+            let _ = respond::json(session, ctx, code, body).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
