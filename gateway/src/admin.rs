@@ -1,5 +1,6 @@
 //! The admin listener: health, readiness, metrics, the redacted running config, and reload.
 
+use crate::config::Runtime;
 use crate::control::Control;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -11,6 +12,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct Admin {
     control: Arc<Control>,
@@ -81,20 +83,52 @@ impl ServeHttp for Admin {
                 json_reply(503, json!({"status": "draining"}))
             }
             ("GET", "/readyz") => json_reply(200, json!({"status": "ready"})),
-            ("GET", "/metrics") => reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(),
-            ),
+            ("GET", "/metrics") => {
+                self.metrics.refresh_endpoints(&self.control.runtime());
+                reply(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.render(),
+                )
+            }
+            ("GET", "/admin/providers") => json_reply(200, providers_json(&self.control.runtime())),
             ("GET", "/admin/config") => json_reply(200, self.control.runtime().redacted_json()),
             ("POST", "/admin/reload") => match self.control.reload("admin API").await {
                 Ok(()) => json_reply(200, json!({"status": "reloaded"})),
                 Err(e) => admin_error(400, "invalid_config", &e.to_string()),
             },
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/reload") => {
-                gateway_error(GatewayError::MethodNotAllowed { method, path })
-            }
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/reload"
+                | "/admin/providers",
+            ) => gateway_error(GatewayError::MethodNotAllowed { method, path }),
             _ => gateway_error(GatewayError::UnknownPath(path)),
         }
     }
+}
+
+/// `GET /admin/providers`: what the router knows about each endpoint now.
+fn providers_json(runtime: &Runtime) -> serde_json::Value {
+    let now = Instant::now();
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    json!({
+        "providers": runtime.providers.iter().map(|p| json!({
+            "name": p.name,
+            "kind": p.kind.name(),
+            "endpoints": p.pool.endpoints.iter().map(|e| {
+                let s = &e.state;
+                json!({
+                    "address": e.label,
+                    "available": s.availability(now).is_ok(),
+                    "healthy": s.healthy(),
+                    "ewma_ms": s.latency.estimate_at(now).map(|v| (v * 1e6).round() / 1e3),
+                    "in_flight": s.in_flight(),
+                    "cooldown_remaining_ms": ms(s.cooldown_remaining(now)),
+                    "ejected_remaining_ms": ms(s.ejection_remaining(now)),
+                    "ejections": s.ejections(),
+                    "consecutive_failures": s.consecutive_failures(),
+                })
+            }).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -29,6 +29,8 @@ pub enum GatewayError {
     UpstreamFailed(String),
     /// 504: every attempt failed, the last by timing out.
     UpstreamTimeout(String),
+    /// 503: no endpoint of the model can take traffic now.
+    NoEligibleTarget { model: String, why: String },
     /// The client went away; nothing more can be sent.
     ClientGone,
     /// Something failed inside the serving machinery itself, with the status it maps to.
@@ -46,6 +48,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::UpstreamFailed(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
+            GatewayError::NoEligibleTarget { .. } => 503,
             // nginx's convention; logged, never sent.
             GatewayError::ClientGone => 499,
             GatewayError::Internal { status } => *status,
@@ -56,7 +59,9 @@ impl GatewayError {
         match self {
             GatewayError::MissingKey | GatewayError::InvalidKey => "authentication_error",
             GatewayError::ModelNotAllowed(_) => "permission_error",
-            GatewayError::UpstreamFailed(_) | GatewayError::UpstreamTimeout(_) => "upstream_error",
+            GatewayError::UpstreamFailed(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::NoEligibleTarget { .. } => "upstream_error",
             GatewayError::Internal { status } if *status >= 500 => "server_error",
             _ => "invalid_request_error",
         }
@@ -74,6 +79,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::NoEligibleTarget { .. } => "no_eligible_target",
             GatewayError::ClientGone => "client_closed_request",
             GatewayError::Internal { .. } => "internal_error",
         })
@@ -137,6 +143,10 @@ impl fmt::Display for GatewayError {
             GatewayError::UpstreamTimeout(detail) => {
                 write!(f, "The upstream timed out: {detail}")
             }
+            GatewayError::NoEligibleTarget { model, why } => write!(
+                f,
+                "No target of model `{model}` can take requests right now: {why}."
+            ),
             GatewayError::ClientGone => f.write_str("The client closed the connection."),
             GatewayError::Internal { status } if *status < 500 => {
                 f.write_str("The request could not be processed.")

@@ -1,8 +1,11 @@
 //! Prometheus metrics (names and labels per the contract), in the gateway's own registry.
 
+use crate::config::Runtime;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use std::time::Instant;
 
 pub struct Metrics {
     registry: Registry,
@@ -12,6 +15,10 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub in_flight: IntGauge,
+    pub ejections: IntCounterVec,
+    endpoint_healthy: IntGaugeVec,
+    endpoint_ewma: GaugeVec,
+    endpoint_in_flight: IntGaugeVec,
 }
 
 /// Latency buckets from 1 ms to 5 min: AI calls span both ends.
@@ -72,6 +79,38 @@ impl Metrics {
             "Data-plane requests being served now.",
         )
         .expect("valid metric");
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "tollgate_endpoint_ejections_total",
+                "Passive ejections of an endpoint after consecutive failures.",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("valid metric");
+        let endpoint_healthy = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_endpoint_healthy",
+                "1 when the endpoint may take traffic (healthy, not ejected, not cooling down).",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("valid metric");
+        let endpoint_ewma = GaugeVec::new(
+            Opts::new(
+                "tollgate_endpoint_ewma_seconds",
+                "Peak-EWMA time to first token of the endpoint.",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("valid metric");
+        let endpoint_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_endpoint_in_flight",
+                "Requests in flight to the endpoint.",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -79,6 +118,10 @@ impl Metrics {
             Box::new(fallbacks.clone()),
             Box::new(config_reloads.clone()),
             Box::new(in_flight.clone()),
+            Box::new(ejections.clone()),
+            Box::new(endpoint_healthy.clone()),
+            Box::new(endpoint_ewma.clone()),
+            Box::new(endpoint_in_flight.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -94,6 +137,34 @@ impl Metrics {
             fallbacks,
             config_reloads,
             in_flight,
+            ejections,
+            endpoint_healthy,
+            endpoint_ewma,
+            endpoint_in_flight,
+        }
+    }
+
+    /// Sets the per-endpoint gauges from the running config's endpoints (dropping those of
+    /// endpoints no longer configured).
+    pub fn refresh_endpoints(&self, runtime: &Runtime) {
+        self.endpoint_healthy.reset();
+        self.endpoint_ewma.reset();
+        self.endpoint_in_flight.reset();
+        let now = Instant::now();
+        for provider in &runtime.providers {
+            for endpoint in &provider.pool.endpoints {
+                let labels = [provider.name.as_str(), endpoint.label.as_str()];
+                let state = &endpoint.state;
+                self.endpoint_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(state.availability(now).is_ok()));
+                if let Some(ewma) = state.latency.estimate_at(now) {
+                    self.endpoint_ewma.with_label_values(&labels).set(ewma);
+                }
+                self.endpoint_in_flight
+                    .with_label_values(&labels)
+                    .set(i64::from(state.in_flight()));
+            }
         }
     }
 

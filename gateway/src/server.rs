@@ -4,6 +4,7 @@
 use crate::admin::Admin;
 use crate::config::Runtime;
 use crate::control::{resolve_endpoints, Control};
+use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use arc_swap::ArcSwap;
@@ -86,6 +87,10 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         proxy.add_tcp(&addr.to_string());
     }
 
+    let health = GenBackgroundService::new(
+        "tollgate health checks".to_string(),
+        Arc::new(HealthChecker::new(runtime.clone())),
+    );
     let control = Arc::new(Control::new(config_path, runtime, metrics.clone()));
     let mut admin = Service::new(
         "tollgate admin".to_string(),
@@ -100,5 +105,6 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         "tollgate control".to_string(),
         control,
     ));
+    server.add_service(health);
     server.run_forever();
 }

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use clap::Args;
 
-use crate::config::{MockConfig, MockKind, DEFAULT_MODEL};
+use crate::config::{
+    check_error_rate, check_error_status, check_tokens_per_sec, MockConfig, MockKind, DEFAULT_MODEL,
+};
 
 /// Flags that start one mock provider.
 #[derive(Args, Clone, Debug)]
@@ -23,17 +25,23 @@ pub struct MockArgs {
     #[arg(long, default_value_t = 0)]
     pub ttft_ms: u64,
     /// Stream pacing in tokens per second; 0 streams as fast as possible.
-    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    #[arg(long, default_value_t = 0.0, value_parser = tokens_per_sec)]
     pub tokens_per_sec: f64,
     /// Tokens per answer (capped by the request's max_tokens).
     #[arg(long, default_value_t = 16)]
     pub completion_tokens: u32,
     /// Probability (0..=1) of answering an inference request with an error.
-    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    #[arg(long, default_value_t = 0.0, value_parser = error_rate)]
     pub error_rate: f64,
     /// Status of injected errors.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(400..=599))]
+    #[arg(long, default_value_t = 500, value_parser = error_status)]
     pub error_status: u16,
+    /// Retry-after of injected 429 and 503 errors, in seconds.
+    #[arg(long = "retry-after", value_name = "SECS", default_value_t = 1)]
+    pub retry_after_secs: u64,
+    /// Start failing health checks (GET /health and GET /v1/models answer 503).
+    #[arg(long)]
+    pub unhealthy: bool,
     /// Abort the connection after this many stream data chunks.
     #[arg(long)]
     pub drop_after_chunks: Option<u32>,
@@ -65,6 +73,8 @@ impl MockArgs {
             completion_tokens: self.completion_tokens,
             error_rate: self.error_rate,
             error_status: self.error_status,
+            retry_after_secs: self.retry_after_secs,
+            healthy: !self.unhealthy,
             drop_after_chunks: self.drop_after_chunks,
             api_key: self.api_key,
             models: self.models,
@@ -91,18 +101,16 @@ pub fn run_foreground(args: MockArgs) -> std::io::Result<()> {
     })
 }
 
-fn non_negative(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a finite number >= 0")),
-    }
+fn tokens_per_sec(s: &str) -> Result<f64, String> {
+    check_tokens_per_sec(s.parse().map_err(|e| format!("{e}"))?)
 }
 
-fn probability(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
-    }
+fn error_rate(s: &str) -> Result<f64, String> {
+    check_error_rate(s.parse().map_err(|e| format!("{e}"))?)
+}
+
+fn error_status(s: &str) -> Result<u16, String> {
+    check_error_status(s.parse().map_err(|e| format!("{e}"))?)
 }
 
 #[cfg(test)]
@@ -130,6 +138,8 @@ mod tests {
         assert_eq!(cfg.kind, def.kind);
         assert_eq!(cfg.completion_tokens, def.completion_tokens);
         assert_eq!(cfg.error_status, def.error_status);
+        assert_eq!(cfg.retry_after_secs, def.retry_after_secs);
+        assert_eq!(cfg.healthy, def.healthy);
         assert_eq!(cfg.models, def.models);
         assert_eq!(cfg.record, def.record);
     }
@@ -148,6 +158,9 @@ mod tests {
             "0.5",
             "--api-key",
             "k",
+            "--retry-after",
+            "7",
+            "--unhealthy",
         ])
         .unwrap()
         .into_config();
@@ -157,6 +170,8 @@ mod tests {
         assert_eq!(cfg.drop_after_chunks, Some(3));
         assert_eq!(cfg.error_rate, 0.5);
         assert_eq!(cfg.api_key.as_deref(), Some("k"));
+        assert_eq!(cfg.retry_after_secs, 7);
+        assert!(!cfg.healthy);
     }
 
     #[test]
@@ -164,6 +179,8 @@ mod tests {
         assert!(parse(&["--error-rate", "1.5"]).is_err());
         assert!(parse(&["--tokens-per-sec", "-1"]).is_err());
         assert!(parse(&["--error-status", "200"]).is_err());
+        assert!(parse(&["--error-status", "70000"]).is_err());
+        assert!(parse(&["--retry-after", "-1"]).is_err());
         assert!(parse(&["--threads", "0"]).is_err());
     }
 }

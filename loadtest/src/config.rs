@@ -78,6 +78,11 @@ pub struct MockConfig {
     /// Probability (0..=1) of answering an inference request with `error_status`.
     pub error_rate: f64,
     pub error_status: u16,
+    /// `retry-after` of injected 429 and 503 errors, in seconds.
+    pub retry_after_secs: u64,
+    /// When false, `GET /health` and `GET /v1/models` answer 503, as a
+    /// failing replica would to a health checker.
+    pub healthy: bool,
     /// Abort the connection mid-stream after this many data chunks.
     pub drop_after_chunks: Option<u32>,
     /// When set, requests must carry this key (Bearer, or `api-key` on Azure paths).
@@ -100,6 +105,8 @@ impl Default for MockConfig {
             completion_tokens: 16,
             error_rate: 0.0,
             error_status: 500,
+            retry_after_secs: 1,
+            healthy: true,
             drop_after_chunks: None,
             api_key: None,
             models: vec![DEFAULT_MODEL.to_owned()],
@@ -122,9 +129,44 @@ impl MockConfig {
         }
     }
 
+    /// Whether this request should get an injected error.
+    pub(crate) fn roll_error(&self) -> bool {
+        self.error_rate > 0.0 && fastrand::f64() < self.error_rate
+    }
+
     /// The model that names vLLM metrics series.
     pub(crate) fn first_model(&self) -> &str {
         self.models.first().map_or(DEFAULT_MODEL, String::as_str)
+    }
+}
+
+// Range checks shared by the command line and `POST /mock/config`, so both
+// accept exactly the same values.
+
+/// A pace in tokens per second.
+pub(crate) fn check_tokens_per_sec(v: f64) -> Result<f64, String> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a finite number >= 0"))
+    }
+}
+
+/// An error probability.
+pub(crate) fn check_error_rate(v: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a probability between 0 and 1"))
+    }
+}
+
+/// The status of injected errors: a client or server error.
+pub(crate) fn check_error_status(v: u16) -> Result<u16, String> {
+    if (400..=599).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not an error status (400..=599)"))
     }
 }
 
@@ -149,5 +191,18 @@ mod tests {
         assert_eq!(cfg.token_period(), Some(Duration::from_millis(250)));
         cfg.tokens_per_sec = f64::NAN;
         assert_eq!(cfg.token_period(), None);
+    }
+
+    #[test]
+    fn range_checks() {
+        assert!(check_tokens_per_sec(0.0).is_ok());
+        assert!(check_tokens_per_sec(-1.0).is_err());
+        assert!(check_tokens_per_sec(f64::INFINITY).is_err());
+        assert!(check_error_rate(1.0).is_ok());
+        assert!(check_error_rate(1.5).is_err());
+        assert!(check_error_rate(f64::NAN).is_err());
+        assert!(check_error_status(599).is_ok());
+        assert!(check_error_status(200).is_err());
+        assert!(check_error_status(600).is_err());
     }
 }

@@ -16,13 +16,22 @@ struct ErrorDetail<'a> {
     message: &'a str,
     #[serde(rename = "type")]
     kind: &'static str,
-    /// Always null: the mock never blames a single parameter.
-    param: (),
+    /// The request field at fault, when there is a single one.
+    param: Option<&'a str>,
     code: Option<&'a str>,
 }
 
 /// `{"error":{...}}` with the type OpenAI uses for `status`.
 pub(crate) fn openai_error(status: StatusCode, message: &str, code: Option<&str>) -> MockResponse {
+    error_with_param(status, message, None, code)
+}
+
+fn error_with_param(
+    status: StatusCode,
+    message: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> MockResponse {
     let kind = match status.as_u16() {
         429 => "rate_limit_error",
         500.. => "server_error",
@@ -34,7 +43,7 @@ pub(crate) fn openai_error(status: StatusCode, message: &str, code: Option<&str>
             error: ErrorDetail {
                 message,
                 kind,
-                param: (),
+                param,
                 code,
             },
         },
@@ -43,6 +52,11 @@ pub(crate) fn openai_error(status: StatusCode, message: &str, code: Option<&str>
 
 pub(crate) fn bad_request(message: &str) -> MockResponse {
     openai_error(StatusCode::BAD_REQUEST, message, None)
+}
+
+/// A 400 that blames one field of the request (or the whole body, with `None`).
+pub(crate) fn invalid_param(message: &str, param: Option<&str>) -> MockResponse {
+    error_with_param(StatusCode::BAD_REQUEST, message, param, None)
 }
 
 pub(crate) fn not_found(method: &Method, path: &str) -> MockResponse {
@@ -68,32 +82,47 @@ pub(crate) fn unauthorized(message: &str) -> MockResponse {
     openai_error(StatusCode::UNAUTHORIZED, message, Some("invalid_api_key"))
 }
 
-/// The answer to a request picked by `error_rate`.
-pub(crate) fn injected(status: u16) -> MockResponse {
+/// The answer of an endpoint probed while the mock is set unhealthy.
+pub(crate) fn unhealthy() -> MockResponse {
+    openai_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The server is unhealthy (set by tollgate-mock's `healthy` option).",
+        None,
+    )
+}
+
+/// The answer to a request picked by `error_rate`. 429 and 503 tell the
+/// client when to retry, as OpenAI and overloaded servers do.
+pub(crate) fn injected(status: u16, retry_after_secs: u64) -> MockResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        let mut resp = openai_error(
+    let mut resp = if status == StatusCode::TOO_MANY_REQUESTS {
+        openai_error(
             status,
             "Rate limit reached (injected by tollgate-mock).",
             Some("rate_limit_exceeded"),
-        );
-        let headers = resp.headers_mut();
-        headers.insert(
-            HeaderName::from_static("retry-after"),
-            HeaderValue::from_static("1"),
-        );
-        headers.insert(
-            HeaderName::from_static("retry-after-ms"),
-            HeaderValue::from_static("1000"),
-        );
-        resp
+        )
     } else {
         openai_error(
             status,
             "The server had an error while processing your request (injected by tollgate-mock).",
             None,
         )
+    };
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        let headers = resp.headers_mut();
+        headers.insert(
+            HeaderName::from_static("retry-after"),
+            HeaderValue::from(retry_after_secs),
+        );
+        headers.insert(
+            HeaderName::from_static("retry-after-ms"),
+            HeaderValue::from(retry_after_secs.saturating_mul(1000)),
+        );
     }
+    resp
 }
 
 #[cfg(test)]
@@ -109,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn injected_rate_limit_has_retry_headers() {
-        let resp = injected(429);
+        let resp = injected(429, 1);
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()["retry-after"], "1");
         assert_eq!(resp.headers()["retry-after-ms"], "1000");
@@ -123,12 +152,31 @@ mod tests {
 
     #[tokio::test]
     async fn injected_server_error_shape() {
-        let resp = injected(503);
+        let resp = injected(503, 4);
         assert_eq!(resp.status(), 503);
-        assert!(resp.headers().get("retry-after").is_none());
+        assert_eq!(resp.headers()["retry-after"], "4");
+        assert_eq!(resp.headers()["retry-after-ms"], "4000");
         let body = body_json(resp).await;
         assert_eq!(body["error"]["type"], "server_error");
         assert_eq!(body["error"]["code"], Value::Null);
         assert_eq!(body["error"]["param"], Value::Null);
+
+        for status in [400, 500, 502] {
+            let resp = injected(status, 4);
+            assert_eq!(resp.status(), status);
+            assert!(resp.headers().get("retry-after").is_none());
+            assert!(resp.headers().get("retry-after-ms").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_param_names_the_field() {
+        let resp = invalid_param("Bad latency_ms.", Some("latency_ms"));
+        assert_eq!(resp.status(), 400);
+        assert_eq!(
+            body_json(resp).await,
+            json!({"error": {"message": "Bad latency_ms.",
+                "type": "invalid_request_error", "param": "latency_ms", "code": null}})
+        );
     }
 }

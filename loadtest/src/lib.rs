@@ -3,11 +3,13 @@
 //! A mock speaks a provider's wire format exactly (OpenAI, Azure OpenAI paths,
 //! vLLM's extra endpoints) with tunable latency, pacing, errors and dropped
 //! streams, and records what it received under `/mock/requests` and
-//! `/mock/stats`.
+//! `/mock/stats`. `GET`/`POST /mock/config` read and change its behaviour
+//! while it runs.
 
 mod body;
 mod cli;
 mod config;
+mod control;
 mod errors;
 mod openai;
 mod record;

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 
 use crate::body::{empty, json_bytes, MockResponse};
 use crate::config::{MockConfig, MockKind};
+use crate::control;
 use crate::errors::{self, openai_error};
 use crate::openai;
 use crate::record::Recorded;
@@ -32,6 +33,7 @@ pub(crate) enum Endpoint {
     Metrics,
     MockRequests,
     MockStats,
+    MockConfig,
     Unknown,
 }
 
@@ -40,6 +42,7 @@ impl Endpoint {
         let found = match path {
             "/mock/requests" => Some(Endpoint::MockRequests),
             "/mock/stats" => Some(Endpoint::MockStats),
+            "/mock/config" => Some(Endpoint::MockConfig),
             _ => match kind {
                 MockKind::Openai => openai::route(path),
                 MockKind::Vllm => vllm::route(path).or_else(|| openai::route(path)),
@@ -53,7 +56,11 @@ impl Endpoint {
     fn is_api(&self) -> bool {
         !matches!(
             self,
-            Endpoint::Health | Endpoint::Metrics | Endpoint::MockRequests | Endpoint::MockStats
+            Endpoint::Health
+                | Endpoint::Metrics
+                | Endpoint::MockRequests
+                | Endpoint::MockStats
+                | Endpoint::MockConfig
         )
     }
 
@@ -71,6 +78,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat(_) | Endpoint::Completions(_) | Endpoint::Embeddings(_) => "POST",
             Endpoint::MockRequests => "GET, DELETE",
+            Endpoint::MockConfig => "GET, POST",
             _ => "GET",
         }
     }
@@ -93,17 +101,20 @@ pub(crate) async fn handle(
         }
         Err(_) => return Ok(errors::bad_request("Could not read the request body.")),
     };
-    let endpoint = Endpoint::resolve(shared.cfg.kind, parts.uri.path());
+    // Taken before the request is counted, so a test that saw the count
+    // knows which config the request answers with.
+    let cfg = shared.config();
+    let endpoint = Endpoint::resolve(cfg.kind, parts.uri.path());
     if endpoint.is_api() {
         shared.stats.request();
-        if shared.cfg.record {
+        if cfg.record {
             shared.recorder.push(Recorded::new(&parts, &body));
         }
-        if let Err(message) = authorize(&shared.cfg, &parts.headers, endpoint.is_azure()) {
+        if let Err(message) = authorize(&cfg, &parts.headers, endpoint.is_azure()) {
             return Ok(errors::unauthorized(message));
         }
     }
-    Ok(dispatch(endpoint, &parts, body, &shared).await)
+    Ok(dispatch(endpoint, &parts, body, &shared, &cfg).await)
 }
 
 async fn dispatch(
@@ -111,29 +122,34 @@ async fn dispatch(
     parts: &Parts,
     body: Bytes,
     shared: &Arc<Shared>,
+    cfg: &MockConfig,
 ) -> MockResponse {
     let method = &parts.method;
     let generation = matches!(
         endpoint,
         Endpoint::Chat(_) | Endpoint::Completions(_) | Endpoint::Embeddings(_)
     );
-    if generation && method == Method::POST && shared.roll_error() {
-        return errors::injected(shared.cfg.error_status);
+    if generation && method == Method::POST && cfg.roll_error() {
+        return errors::injected(cfg.error_status, cfg.retry_after_secs);
     }
     match endpoint {
         Endpoint::Unknown => errors::not_found(method, parts.uri.path()),
         Endpoint::Chat(deployment) if method == Method::POST => {
-            openai::chat::handle(shared, &body, deployment).await
+            openai::chat::handle(shared, cfg, &body, deployment).await
         }
         Endpoint::Completions(deployment) if method == Method::POST => {
-            openai::completions::handle(shared, &body, deployment).await
+            openai::completions::handle(shared, cfg, &body, deployment).await
         }
         Endpoint::Embeddings(deployment) if method == Method::POST => {
-            openai::embeddings::handle(&shared.cfg, &body, deployment).await
+            openai::embeddings::handle(cfg, &body, deployment).await
         }
-        Endpoint::Models if method == Method::GET => openai::models::list(&shared.cfg),
+        // Health checkers probe one of these two.
+        Endpoint::Models | Endpoint::Health if method == Method::GET && !cfg.healthy => {
+            errors::unhealthy()
+        }
+        Endpoint::Models if method == Method::GET => openai::models::list(cfg),
         Endpoint::Health if method == Method::GET => empty(StatusCode::OK),
-        Endpoint::Metrics if method == Method::GET => vllm::metrics(shared),
+        Endpoint::Metrics if method == Method::GET => vllm::metrics(shared, cfg),
         Endpoint::MockRequests if method == Method::GET => {
             json_bytes(StatusCode::OK, shared.recorder.to_json())
         }
@@ -144,6 +160,8 @@ async fn dispatch(
         Endpoint::MockStats if method == Method::GET => {
             json_bytes(StatusCode::OK, shared.stats.to_json())
         }
+        Endpoint::MockConfig if method == Method::GET => control::get(cfg),
+        Endpoint::MockConfig if method == Method::POST => control::post(shared, &body),
         other => errors::method_not_allowed(method, other.allowed()),
     }
 }
@@ -223,6 +241,10 @@ mod tests {
         assert!(matches!(
             Endpoint::resolve(MockKind::Openai, "/mock/stats"),
             Endpoint::MockStats
+        ));
+        assert!(matches!(
+            Endpoint::resolve(MockKind::Vllm, "/mock/config"),
+            Endpoint::MockConfig
         ));
     }
 }

@@ -3,13 +3,17 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::MockConfig;
+use crate::control::ConfigPatch;
 use crate::record::{Recorder, RECORD_CAPACITY};
 
 pub(crate) struct Shared {
-    pub(crate) cfg: MockConfig,
+    /// Replaced whole by `POST /mock/config`, so a request that took a
+    /// snapshot never sees half of an update.
+    cfg: ArcSwap<MockConfig>,
     pub(crate) recorder: Recorder,
     pub(crate) stats: Stats,
     /// Chat and completion requests being answered right now.
@@ -19,7 +23,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(cfg: MockConfig) -> Arc<Self> {
         Arc::new(Shared {
-            cfg,
+            cfg: ArcSwap::from_pointee(cfg),
             recorder: Recorder::new(RECORD_CAPACITY),
             stats: Stats::default(),
             running: AtomicU64::new(0),
@@ -36,9 +40,23 @@ impl Shared {
         Running(Arc::clone(self))
     }
 
-    /// Whether this request should get an injected error.
-    pub(crate) fn roll_error(&self) -> bool {
-        self.cfg.error_rate > 0.0 && fastrand::f64() < self.cfg.error_rate
+    /// The config now; a request keeps this snapshot until it has answered.
+    pub(crate) fn config(&self) -> Arc<MockConfig> {
+        // An owned Arc, not a `Guard`: guards are meant to be short-lived,
+        // and a request holds its snapshot across latency sleeps.
+        self.cfg.load_full()
+    }
+
+    /// Applies `patch` and returns the config it produced. Concurrent
+    /// updates both land: `rcu` retries on top of a config that changed.
+    pub(crate) fn update(&self, patch: &ConfigPatch) -> Arc<MockConfig> {
+        let mut produced = None;
+        self.cfg.rcu(|current| {
+            let next = Arc::new(patch.apply(current));
+            produced = Some(Arc::clone(&next));
+            next
+        });
+        produced.expect("rcu runs its closure at least once")
     }
 }
 
@@ -103,5 +121,37 @@ impl Stats {
             streams_cancelled: self.streams_cancelled.load(Relaxed),
         };
         serde_json::to_vec(&body).expect("stats always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_updates_all_land() {
+        let shared = Shared::new(MockConfig::default());
+        std::thread::scope(|s| {
+            for field in ["latency_ms", "ttft_ms", "waiting", "completion_tokens"] {
+                let shared = &shared;
+                s.spawn(move || {
+                    for i in 1..=200 {
+                        let body = format!(r#"{{"{field}": {i}}}"#);
+                        shared.update(&ConfigPatch::parse(body.as_bytes()).unwrap());
+                    }
+                });
+            }
+        });
+        // A lost update would leave some field at an earlier value.
+        let cfg = shared.config();
+        assert_eq!(
+            (
+                cfg.latency_ms,
+                cfg.ttft_ms,
+                cfg.waiting,
+                cfg.completion_tokens
+            ),
+            (200, 200, 200, 200)
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use http::StatusCode;
 
 use crate::body::{full, MockResponse};
+use crate::config::MockConfig;
 use crate::router::Endpoint;
 use crate::state::Shared;
 
@@ -19,7 +20,7 @@ pub(crate) fn route(path: &str) -> Option<Endpoint> {
 /// KV-cache use each running request adds to the reported fraction.
 const KV_CACHE_PER_REQUEST: f64 = 0.05;
 
-pub(crate) fn metrics(shared: &Shared) -> MockResponse {
+pub(crate) fn metrics(shared: &Shared, cfg: &MockConfig) -> MockResponse {
     let running = shared.running();
     let gauges = [
         (
@@ -30,7 +31,7 @@ pub(crate) fn metrics(shared: &Shared) -> MockResponse {
         (
             "vllm:num_requests_waiting",
             "Number of requests waiting to be processed.",
-            f64::from(shared.cfg.waiting),
+            f64::from(cfg.waiting),
         ),
         (
             "vllm:kv_cache_usage_perc",
@@ -41,7 +42,7 @@ pub(crate) fn metrics(shared: &Shared) -> MockResponse {
     full(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        render(shared.cfg.first_model(), &gauges).into_bytes(),
+        render(cfg.first_model(), &gauges).into_bytes(),
     )
 }
 

@@ -82,6 +82,26 @@ impl Mock {
         v["requests"].as_array().unwrap().clone()
     }
 
+    /// Changes the running mock's behaviour (`POST /mock/config`).
+    pub async fn configure(&self, patch: Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/mock/config", self.url()))
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    /// Forgets the recorded requests.
+    pub async fn clear(&self) {
+        reqwest::Client::new()
+            .delete(format!("{}/mock/requests", self.url()))
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub async fn stats(&self) -> Value {
         reqwest::get(format!("{}/mock/stats", self.url()))
             .await
@@ -222,6 +242,30 @@ impl Gateway {
             .text()
             .await
             .unwrap()
+    }
+
+    /// `GET /admin/providers`: the endpoint of `provider` at `addr`.
+    pub async fn endpoint_state(&self, provider: &str, addr: SocketAddr) -> Value {
+        let v: Value = reqwest::get(self.admin_url("/admin/providers"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let p = v["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == provider)
+            .unwrap_or_else(|| panic!("no provider {provider} in {v}"))
+            .clone();
+        p["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == addr.to_string())
+            .unwrap_or_else(|| panic!("no endpoint {addr} in {p}"))
+            .clone()
     }
 
     pub fn admin_url(&self, path: &str) -> String {

@@ -8,6 +8,7 @@ mod errors;
 mod failover;
 mod relay;
 mod reload;
+mod routing;
 mod sdk;
 mod security;
 mod tls;

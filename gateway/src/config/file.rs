@@ -73,6 +73,35 @@ pub struct ProviderSection {
     pub region: Option<String>,
     #[serde(default)]
     pub timeouts: TimeoutsSection,
+    /// Time constant of the endpoints' peak-EWMA latency.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub ewma_decay: Option<Duration>,
+    pub outlier: Option<OutlierSection>,
+    pub health_check: Option<HealthCheckSection>,
+}
+
+/// Passive ejection after consecutive failures.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSection {
+    pub consecutive_failures: Option<u32>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub ejection: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_ejection: Option<Duration>,
+}
+
+/// Active health checks: `GET path` on every endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    pub path: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub every: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub timeout: Option<Duration>,
+    pub unhealthy_after: Option<u32>,
+    pub healthy_after: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +131,8 @@ pub struct ModelSection {
 pub struct TargetSection {
     pub provider: String,
     pub model: String,
+    /// Share of traffic under `strategy: weighted`.
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +140,11 @@ pub struct TargetSection {
 pub struct RetrySection {
     pub attempts: Option<u32>,
     pub on: Option<Vec<String>>,
+    /// Base of the exponential backoff between attempts (full jitter).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub backoff: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_backoff: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,10 @@ use super::file::{FileConfig, KeySection, ModelSection, ProviderSection, ServerS
 use super::secret::Secret;
 use super::units::format_duration;
 use super::ConfigError;
-use crate::providers::{Provider, ProviderKind, Timeouts};
+use crate::providers::{HealthCheck, Provider, ProviderKind, Timeouts};
+use crate::router::weighted::SmoothWeighted;
+use crate::router::Strategy;
+use crate::upstream::state::OutlierPolicy;
 use crate::upstream::{Endpoint, Pool};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -21,7 +24,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-const STRATEGIES: [&str; 1] = ["fallback"];
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(10);
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 pub struct Runtime {
     pub source: PathBuf,
@@ -49,7 +54,10 @@ pub struct ServerSettings {
 
 pub struct Model {
     pub name: String,
+    pub strategy: Strategy,
     pub targets: Vec<Target>,
+    /// Rotation state for `strategy: weighted`.
+    pub weights: SmoothWeighted,
     pub retry: RetryPolicy,
 }
 
@@ -57,6 +65,7 @@ pub struct Target {
     pub provider: Arc<Provider>,
     /// The model name sent upstream.
     pub model: String,
+    pub weight: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +73,20 @@ pub struct RetryPolicy {
     /// All upstream attempts of a request, the first included.
     pub attempts: u32,
     pub on: RetryOn,
+    /// Exponential backoff between attempts: a random wait up to base × 2^(n-1), capped.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry `n` (1 for the second attempt), with full jitter.
+    pub fn backoff_before(&self, n: u32) -> Duration {
+        let ceiling = self
+            .backoff
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(self.max_backoff);
+        ceiling.mul_f64(fastrand::f64())
+    }
 }
 
 /// Which failures move on to the next attempt.
@@ -190,8 +213,9 @@ impl Runtime {
                 .map(|t| format!("{}/{}", t.provider.name, t.model))
                 .collect();
             out += &format!(
-                "  {}: fallback → {} · {} attempts on {}\n",
+                "  {}: {} → {} · {} attempts on {}\n",
                 m.name,
+                m.strategy,
                 targets.join(" → "),
                 m.retry.attempts,
                 m.retry.on.names().join(", ")
@@ -251,14 +275,31 @@ impl Runtime {
                     "idle": format_duration(p.timeouts.idle),
                     "total": format_duration(p.timeouts.total),
                 },
+                "outlier": {
+                    "consecutive_failures": p.outlier.consecutive_failures,
+                    "ejection": format_duration(p.outlier.base_ejection),
+                    "max_ejection": format_duration(p.outlier.max_ejection),
+                },
+                "health_check": p.health_check.as_ref().map(|h| json!({
+                    "path": h.path,
+                    "every": format_duration(h.every),
+                    "timeout": format_duration(h.timeout),
+                    "unhealthy_after": h.unhealthy_after,
+                    "healthy_after": h.healthy_after,
+                })),
             })).collect::<Vec<_>>(),
             "models": self.models.iter().map(|m| json!({
                 "name": m.name,
-                "strategy": "fallback",
+                "strategy": m.strategy.name(),
                 "targets": m.targets.iter().map(|t| json!({
-                    "provider": t.provider.name, "model": t.model,
+                    "provider": t.provider.name, "model": t.model, "weight": t.weight,
                 })).collect::<Vec<_>>(),
-                "retry": { "attempts": m.retry.attempts, "on": m.retry.on.names() },
+                "retry": {
+                    "attempts": m.retry.attempts,
+                    "on": m.retry.on.names(),
+                    "backoff": format_duration(m.retry.backoff),
+                    "max_backoff": format_duration(m.retry.max_backoff),
+                },
             })).collect::<Vec<_>>(),
             "keys": self.keys.as_ref().map(|k| {
                 let mut keys: Vec<&Arc<Key>> = k.by_hash.values().collect();
@@ -481,6 +522,15 @@ fn build_provider(
             ))
         }
     };
+    let ewma_decay = s.ewma_decay.unwrap_or(DEFAULT_EWMA_DECAY);
+    if ewma_decay.is_zero() {
+        return Err(cx.err(format!("{path}.ewma_decay"), "must be more than 0"));
+    }
+    // An endpoint that is still configured the same keeps its state (latency, load, health).
+    let previous_endpoints: Vec<&Arc<Endpoint>> = previous
+        .and_then(|rt| rt.providers.iter().find(|p| p.name == s.name))
+        .map(|p| p.pool.endpoints.iter().collect())
+        .unwrap_or_default();
     let mut endpoints = Vec::new();
     for (i, address) in addresses.iter().enumerate() {
         let at = if key_path.ends_with("endpoints") {
@@ -488,16 +538,57 @@ fn build_provider(
         } else {
             key_path.clone()
         };
-        let endpoint = Endpoint::parse(address, timeouts.connect).map_err(|e| cx.err(at, e))?;
-        endpoints.push(Arc::new(endpoint));
+        let endpoint =
+            Endpoint::parse(address, timeouts.connect, ewma_decay).map_err(|e| cx.err(at, e))?;
+        let kept = previous_endpoints.iter().find(|old| old.same_as(&endpoint));
+        endpoints.push(kept.map_or_else(|| Arc::new(endpoint), |old| Arc::clone(old)));
     }
-    let fresh = Pool::new(endpoints);
-    // An unchanged pool keeps its state (rotation now; health and latency later).
-    let pool = previous
-        .and_then(|rt| rt.providers.iter().find(|p| p.name == s.name))
-        .filter(|p| p.pool.same_as(&fresh))
-        .map(|p| p.pool.clone())
-        .unwrap_or_else(|| Arc::new(fresh));
+    let pool = Arc::new(Pool::new(endpoints));
+    let defaults = OutlierPolicy::default();
+    let o = s.outlier.unwrap_or_default();
+    let outlier = OutlierPolicy {
+        consecutive_failures: o
+            .consecutive_failures
+            .unwrap_or(defaults.consecutive_failures),
+        base_ejection: o.ejection.unwrap_or(defaults.base_ejection),
+        max_ejection: o.max_ejection.unwrap_or(defaults.max_ejection),
+    };
+    if outlier.consecutive_failures == 0 {
+        return Err(cx.err(
+            format!("{path}.outlier.consecutive_failures"),
+            "must be at least 1",
+        ));
+    }
+    let health_check = match s.health_check {
+        None => None,
+        Some(h) => {
+            let check = HealthCheck {
+                path: h
+                    .path
+                    .unwrap_or_else(|| kind.default_health_path().to_string()),
+                every: h.every.unwrap_or(Duration::from_secs(5)),
+                timeout: h.timeout.unwrap_or(Duration::from_secs(1)),
+                unhealthy_after: h.unhealthy_after.unwrap_or(2),
+                healthy_after: h.healthy_after.unwrap_or(1),
+            };
+            if !check.path.starts_with('/') {
+                return Err(cx.err(format!("{path}.health_check.path"), "must start with /"));
+            }
+            if check.every.is_zero() || check.timeout.is_zero() {
+                return Err(cx.err(
+                    format!("{path}.health_check"),
+                    "every and timeout must be more than 0",
+                ));
+            }
+            if check.unhealthy_after == 0 || check.healthy_after == 0 {
+                return Err(cx.err(
+                    format!("{path}.health_check"),
+                    "unhealthy_after and healthy_after must be at least 1",
+                ));
+            }
+            Some(check)
+        }
+    };
     if s.api_version.is_some() && kind != ProviderKind::AzureOpenai {
         return Err(cx.err(
             format!("{path}.api_version"),
@@ -512,6 +603,8 @@ fn build_provider(
         api_version: s.api_version,
         region: s.region,
         timeouts,
+        outlier,
+        health_check,
     })
 }
 
@@ -524,17 +617,19 @@ fn build_model(
     if s.name.is_empty() {
         return Err(cx.err(format!("{path}.name"), "must not be empty"));
     }
-    if let Some(strategy) = &s.strategy {
-        if !STRATEGIES.contains(&strategy.as_str()) {
-            return Err(cx.err(
+    let strategy = match &s.strategy {
+        None => Strategy::Fallback,
+        Some(name) => Strategy::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = Strategy::ALL.iter().map(|s| s.name()).collect();
+            cx.err(
                 format!("{path}.strategy"),
                 format!(
-                    "unknown strategy {strategy:?} (supported: {})",
-                    STRATEGIES.join(", ")
+                    "unknown strategy {name:?} (supported: {})",
+                    known.join(", ")
                 ),
-            ));
-        }
-    }
+            )
+        })?,
+    };
     if s.targets.is_empty() {
         return Err(cx.err(format!("{path}.targets"), "needs at least one target"));
     }
@@ -561,9 +656,17 @@ fn build_model(
         if t.model.is_empty() {
             return Err(cx.err(format!("{path}.targets[{i}].model"), "must not be empty"));
         }
+        let weight = t.weight.unwrap_or(1);
+        if weight == 0 {
+            return Err(cx.err(
+                format!("{path}.targets[{i}].weight"),
+                "must be at least 1 (remove the target to send it nothing)",
+            ));
+        }
         targets.push(Target {
             provider: provider.clone(),
             model: t.model,
+            weight,
         });
     }
     let default_attempts = (targets.len() as u32).max(3);
@@ -571,6 +674,8 @@ fn build_model(
         None => RetryPolicy {
             attempts: default_attempts,
             on: RetryOn::ALL,
+            backoff: DEFAULT_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
         },
         Some(r) => {
             let attempts = r.attempts.unwrap_or(default_attempts);
@@ -605,11 +710,29 @@ fn build_model(
                     on
                 }
             };
-            RetryPolicy { attempts, on }
+            let backoff = r.backoff.unwrap_or(DEFAULT_BACKOFF);
+            let max_backoff = r.max_backoff.unwrap_or(DEFAULT_MAX_BACKOFF.max(backoff));
+            if max_backoff < backoff {
+                return Err(cx.err(
+                    format!("{path}.retry.max_backoff"),
+                    format!(
+                        "must be at least retry.backoff ({})",
+                        format_duration(backoff)
+                    ),
+                ));
+            }
+            RetryPolicy {
+                attempts,
+                on,
+                backoff,
+                max_backoff,
+            }
         }
     };
     Ok(Model {
         name: s.name,
+        strategy,
+        weights: SmoothWeighted::new(targets.iter().map(|t| t.weight).collect()),
         targets,
         retry,
     })
@@ -751,7 +874,7 @@ models:
             "{BASE}keys:\n  - {{ id: k, key: x, models: [zz] }}\n"
         ));
         assert_eq!(err.path, "keys[0].models[0]");
-        let err = build_err(&format!("{BASE}    strategy: latency\n"));
+        let err = build_err(&format!("{BASE}    strategy: fastest\n"));
         assert!(err.message.contains("unknown strategy"), "{err}");
     }
 

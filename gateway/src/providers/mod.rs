@@ -4,6 +4,7 @@
 pub mod openai_compat;
 
 use crate::config::secret::Secret;
+use crate::upstream::state::OutlierPolicy;
 use crate::upstream::Pool;
 use std::fmt;
 use std::sync::Arc;
@@ -76,6 +77,29 @@ pub struct Provider {
     pub api_version: Option<String>,
     pub region: Option<String>,
     pub timeouts: Timeouts,
+    pub outlier: OutlierPolicy,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active health checking of a provider's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub every: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+impl ProviderKind {
+    /// What a health check asks for when the config names no path.
+    pub fn default_health_path(self) -> &'static str {
+        match self {
+            ProviderKind::Vllm => "/health",
+            ProviderKind::Ollama => "/api/version",
+            ProviderKind::Openai | ProviderKind::AzureOpenai => "/v1/models",
+        }
+    }
 }
 
 /// The API operation a client called; each adapter maps it to its own path.

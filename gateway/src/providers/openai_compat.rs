@@ -82,7 +82,9 @@ mod tests {
     use std::time::Duration;
 
     fn provider(kind: ProviderKind, base: &str) -> (Provider, Arc<Endpoint>) {
-        let endpoint = Arc::new(Endpoint::parse(base, Duration::from_secs(1)).unwrap());
+        let endpoint = Arc::new(
+            Endpoint::parse(base, Duration::from_secs(1), Duration::from_secs(10)).unwrap(),
+        );
         let provider = Provider {
             name: "p".into(),
             kind,
@@ -91,6 +93,8 @@ mod tests {
             api_version: None,
             region: None,
             timeouts: Timeouts::default(),
+            outlier: Default::default(),
+            health_check: None,
         };
         (provider, endpoint)
     }

@@ -6,11 +6,12 @@ pub mod request;
 mod respond;
 mod upstream_call;
 
-use crate::config::runtime::{Key, Model, Target};
+use crate::config::runtime::Key;
 use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::providers::Operation;
+use crate::providers::{Operation, Provider};
+use crate::router::{Pick, Planner};
 use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -21,9 +22,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use request::RequestHead;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_plugins::Settlement;
-use upstream_call::{Call, Failure};
+use upstream_call::{retry_after, Call, Failure};
 
 pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
@@ -55,6 +56,8 @@ pub struct RequestCtx {
     model: Option<String>,
     provider: Option<String>,
     upstream_model: Option<String>,
+    /// The strategy that chose the target, for `x-tollgate-route`.
+    route: &'static str,
     attempts: u32,
     upstream_wait: Duration,
 }
@@ -79,6 +82,7 @@ impl ProxyHttp for Gateway {
             model: None,
             provider: None,
             upstream_model: None,
+            route: "",
             attempts: 0,
             upstream_wait: Duration::ZERO,
         }
@@ -235,12 +239,19 @@ impl Gateway {
             }
         }
 
-        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        ctx.route = model.strategy.name();
+        let mut planner = Planner::new(model);
         let mut failures: Vec<(String, Failure)> = Vec::new();
         while ctx.attempts < model.retry.attempts {
-            let Some((target, endpoint)) = next_candidate(model, &tried) else {
+            let Some(Pick { target, endpoint }) = planner.next(Instant::now()) else {
                 break;
             };
+            if ctx.attempts > 0 {
+                let wait = model.retry.backoff_before(ctx.attempts);
+                if !wait.is_zero() {
+                    pingora::time::sleep(wait).await;
+                }
+            }
             if let Some((from, _)) = failures.last() {
                 if *from != target.provider.name {
                     self.metrics
@@ -250,7 +261,8 @@ impl Gateway {
                 }
             }
             ctx.attempts += 1;
-            tried.push(endpoint.clone());
+            let state = &endpoint.state;
+            let _in_flight = state.begin();
             let call = Call {
                 op,
                 body: head.body_for(&body, &target.model),
@@ -264,22 +276,49 @@ impl Gateway {
                 Ok(response) => {
                     ctx.upstream_wait += response.waited;
                     let status = response.header().status.as_u16();
+                    if status >= 500 {
+                        self.record_failure(&target.provider, &endpoint);
+                    }
                     // A provider refusing the gateway's own credential is never the client's
                     // business, and its message may quote part of that credential.
                     let credential_refused = status == 401 || status == 403;
                     if !credential_refused && !model.retry.on.status(status) {
+                        if status < 500 {
+                            state.record_success();
+                        }
                         ctx.provider = Some(target.provider.name.clone());
                         ctx.upstream_model = Some(target.model.clone());
+                        // Latency is time to first token: the header for a completion, the
+                        // first chunk for a stream.
+                        let first_chunk_probe = if head.stream {
+                            Some((&state.latency, attempt_started))
+                        } else {
+                            state.latency.observe(response.waited);
+                            None
+                        };
                         return relay::relay(
                             session,
                             ctx,
                             &self.connector,
                             response,
-                            call.deadline,
-                            target.provider.timeouts.idle,
+                            relay::Limits {
+                                deadline: call.deadline,
+                                idle: target.provider.timeouts.idle,
+                            },
                             head.stream,
+                            first_chunk_probe,
                         )
                         .await;
+                    }
+                    if status == 429 || status == 503 {
+                        if let Some(wait) = retry_after(response.header(), SystemTime::now()) {
+                            state.cool_down(Instant::now(), wait);
+                            log::info!(
+                                "{} ({}) asked to retry after {wait:?}: cooling it down",
+                                target.provider.name,
+                                endpoint.label
+                            );
+                        }
                     }
                     let mut response = response;
                     response.session.shutdown().await;
@@ -287,6 +326,7 @@ impl Gateway {
                 }
                 Err(failure) => {
                     ctx.upstream_wait += attempt_started.elapsed();
+                    self.record_failure(&target.provider, &endpoint);
                     failure
                 }
             };
@@ -309,23 +349,32 @@ impl Gateway {
                 break;
             }
         }
+        if failures.is_empty() {
+            return Err(GatewayError::NoEligibleTarget {
+                model: model.name.clone(),
+                why: planner.unavailable_summary(Instant::now()),
+            });
+        }
         Err(all_failed(&failures))
     }
-}
 
-/// The next (target, endpoint) to try: targets in order, each pool's endpoints before the
-/// next target, never the same endpoint twice in one request.
-fn next_candidate<'m>(
-    model: &'m Model,
-    tried: &[Arc<Endpoint>],
-) -> Option<(&'m Target, Arc<Endpoint>)> {
-    model.targets.iter().find_map(|target| {
-        target
-            .provider
-            .pool
-            .pick(|e| tried.iter().any(|t| Arc::ptr_eq(t, e)))
-            .map(|e| (target, e))
-    })
+    /// Counts a failure against the endpoint, ejecting it after too many in a row.
+    fn record_failure(&self, provider: &Provider, endpoint: &Endpoint) {
+        if let Some(time) = endpoint
+            .state
+            .record_failure(Instant::now(), &provider.outlier)
+        {
+            log::warn!(
+                "{} ({}) ejected for {time:?} after consecutive failures",
+                provider.name,
+                endpoint.label
+            );
+            self.metrics
+                .ejections
+                .with_label_values(&[&provider.name, &endpoint.label])
+                .inc();
+        }
+    }
 }
 
 fn all_failed(failures: &[(String, Failure)]) -> GatewayError {

@@ -5,6 +5,7 @@
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
+use crate::router::ewma::PeakEwma;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
@@ -32,15 +33,25 @@ fn forwardable(name: &HeaderName) -> bool {
         && !name.as_str().starts_with("x-tollgate-")
 }
 
+/// How long the relay may wait on the upstream.
+pub struct Limits {
+    /// The end of the whole exchange.
+    pub deadline: Instant,
+    /// Between two chunks.
+    pub idle: Duration,
+}
+
+/// `first_chunk_probe`: where to record the time to the first chunk (a stream's first token).
 pub async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
     connector: &Connector,
     mut upstream: UpstreamResponse,
-    deadline: Instant,
-    idle: Duration,
+    limits: Limits,
     client_streaming: bool,
+    mut first_chunk_probe: Option<(&PeakEwma, Instant)>,
 ) -> Result<(), GatewayError> {
+    let Limits { deadline, idle } = limits;
     let header = upstream.header();
     let mut resp = ResponseHeader::build(header.status, Some(header.headers.len() + 6))
         .map_err(|_| GatewayError::ClientGone)?;
@@ -65,6 +76,7 @@ pub async fn relay(
         ("x-tollgate-provider", provider),
         ("x-tollgate-model", upstream_model),
         ("x-tollgate-attempts", ctx.attempts.to_string()),
+        ("x-tollgate-route", ctx.route.to_string()),
         (
             "x-tollgate-overhead-us",
             ctx.overhead().as_micros().to_string(),
@@ -98,6 +110,9 @@ pub async fn relay(
         ctx.upstream_wait += read_started.elapsed();
         let (data, after) = match next {
             Ok(Ok(Some(chunk))) => {
+                if let Some((latency, started)) = first_chunk_probe.take() {
+                    latency.observe(started.elapsed());
+                }
                 let (data, after) = take_ready(&mut upstream.session, chunk).await;
                 (Some(data), after)
             }

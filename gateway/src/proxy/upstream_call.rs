@@ -86,6 +86,34 @@ impl UpstreamResponse {
     }
 }
 
+/// Longest cooldown a `retry-after` can impose, whatever the upstream says.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// How long the upstream asks us to wait: `retry-after-ms`, else `retry-after` in seconds or
+/// as an HTTP date.
+pub fn retry_after(header: &ResponseHeader, now: std::time::SystemTime) -> Option<Duration> {
+    let value = |name: &str| {
+        header
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let wait = if let Some(ms) = value("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        Duration::try_from_secs_f64(ms / 1000.0).ok()?
+    } else {
+        let text = value("retry-after")?;
+        match text.parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => httpdate::parse_http_date(text)
+                .ok()?
+                .duration_since(now)
+                .ok()?,
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
 /// Everything about the request that stays the same across attempts.
 pub struct Call<'a> {
     pub op: Operation,
@@ -157,6 +185,43 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
+
+    fn header(pairs: &[(&str, &str)]) -> ResponseHeader {
+        let mut h = ResponseHeader::build(429, None).unwrap();
+        for (k, v) in pairs {
+            h.insert_header(k.to_string(), v.to_string()).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::now();
+        assert_eq!(retry_after(&header(&[]), now), None);
+        assert_eq!(
+            retry_after(&header(&[("retry-after", "2")]), now),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_after(
+                &header(&[("retry-after", "2"), ("retry-after-ms", "1500")]),
+                now
+            ),
+            Some(Duration::from_millis(1500))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        let d = retry_after(&header(&[("retry-after", &date)]), now).unwrap();
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        assert_eq!(retry_after(&header(&[("retry-after", "soon")]), now), None);
+        assert_eq!(
+            retry_after(&header(&[("retry-after", "99999")]), now),
+            Some(MAX_RETRY_AFTER)
+        );
+    }
 
     #[test]
     fn retry_on_decides_what_moves_on() {

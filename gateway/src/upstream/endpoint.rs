@@ -1,5 +1,6 @@
 //! One upstream address: parsed once from config, resolved off the request path.
 
+use super::state::EndpointState;
 use arc_swap::ArcSwapOption;
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, SocketAddr};
@@ -20,11 +21,17 @@ pub struct Endpoint {
     pub label: String,
     connect_timeout: Duration,
     peer: ArcSwapOption<HttpPeer>,
+    /// Latency, load, cooldown, ejection and health, kept across reloads with the endpoint.
+    pub state: EndpointState,
 }
 
 impl Endpoint {
     /// Parses `host:port`, `http://host[:port][/prefix]` or `https://host[:port][/prefix]`.
-    pub fn parse(text: &str, connect_timeout: Duration) -> Result<Endpoint, String> {
+    pub fn parse(
+        text: &str,
+        connect_timeout: Duration,
+        ewma_decay: Duration,
+    ) -> Result<Endpoint, String> {
         let (tls, rest) = if let Some(rest) = text.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = text.strip_prefix("http://") {
@@ -65,6 +72,7 @@ impl Endpoint {
             authority,
             connect_timeout,
             peer: ArcSwapOption::empty(),
+            state: EndpointState::new(ewma_decay),
         };
         if let Ok(ip) = endpoint.host.parse::<IpAddr>() {
             endpoint.set_address(SocketAddr::new(ip, port));
@@ -118,6 +126,7 @@ impl Endpoint {
             && self.port == other.port
             && self.prefix == other.prefix
             && self.connect_timeout == other.connect_timeout
+            && self.state.latency.decay() == other.state.latency.decay()
     }
 }
 
@@ -154,33 +163,37 @@ mod tests {
 
     const T: Duration = Duration::from_secs(1);
 
+    fn parse(text: &str) -> Result<Endpoint, String> {
+        Endpoint::parse(text, T, T)
+    }
+
     #[test]
     fn parses_forms() {
-        let e = Endpoint::parse("127.0.0.1:8000", T).unwrap();
+        let e = parse("127.0.0.1:8000").unwrap();
         assert!(!e.tls && e.port == 8000 && e.authority == "127.0.0.1:8000");
         assert!(e.peer().is_some(), "IP literals need no DNS");
 
-        let e = Endpoint::parse("https://api.openai.com", T).unwrap();
+        let e = parse("https://api.openai.com").unwrap();
         assert!(e.tls && e.port == 443 && e.authority == "api.openai.com");
         assert!(e.needs_dns() && e.peer().is_none());
 
-        let e = Endpoint::parse("http://gpu.internal:8080/proxy/", T).unwrap();
+        let e = parse("http://gpu.internal:8080/proxy/").unwrap();
         assert_eq!(
             (e.prefix.as_str(), e.label.as_str()),
             ("/proxy", "gpu.internal:8080")
         );
 
-        let e = Endpoint::parse("http://[::1]:9000", T).unwrap();
+        let e = parse("http://[::1]:9000").unwrap();
         assert_eq!(e.authority, "[::1]:9000");
     }
 
     #[test]
     fn rejects_bad_forms() {
-        assert!(Endpoint::parse("ftp://x", T).is_err());
-        assert!(Endpoint::parse("https://api.openai.com/v1", T)
+        assert!(parse("ftp://x").is_err());
+        assert!(parse("https://api.openai.com/v1")
             .err()
             .is_some_and(|e| e.contains("/v1")));
-        assert!(Endpoint::parse("host:notaport", T).is_err());
-        assert!(Endpoint::parse(":80", T).is_err());
+        assert!(parse("host:notaport").is_err());
+        assert!(parse(":80").is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod endpoint;
 pub mod pool;
+pub mod state;
 
 pub use endpoint::Endpoint;
 pub use pool::Pool;

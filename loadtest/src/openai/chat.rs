@@ -11,11 +11,13 @@ use super::stream::{self, ChunkFormat};
 use super::{answer_delay, invalid_json, missing, new_id, stream_plan, stream_usage};
 use super::{unix_now, StreamUsage, Usage};
 use crate::body::{json, sse_json, MockResponse};
+use crate::config::MockConfig;
 use crate::state::Shared;
 use crate::text::{cap_tokens, completion_text, Finish};
 
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
+    cfg: &MockConfig,
     body: &[u8],
     deployment: Option<String>,
 ) -> MockResponse {
@@ -32,7 +34,7 @@ pub(crate) async fn handle(
     let Some(messages) = req.messages else {
         return missing("messages");
     };
-    let (tokens, finish) = cap_tokens(shared.cfg.completion_tokens, gen.token_limit);
+    let (tokens, finish) = cap_tokens(cfg.completion_tokens, gen.token_limit);
     let usage = Usage::new(messages_tokens(&messages), tokens);
     let chunks = ChatChunks {
         id: new_id("chatcmpl-"),
@@ -41,10 +43,10 @@ pub(crate) async fn handle(
         include_usage: gen.include_usage,
     };
     if gen.stream {
-        let plan = stream_plan(&shared.cfg, tokens, finish, usage);
+        let plan = stream_plan(cfg, tokens, finish, usage);
         return stream::start(shared, chunks, plan, running);
     }
-    answer_delay(&shared.cfg).await;
+    answer_delay(cfg).await;
     let content = completion_text(tokens);
     json(
         StatusCode::OK,

@@ -11,11 +11,13 @@ use super::stream::{self, ChunkFormat};
 use super::{answer_delay, invalid_json, missing, new_id, stream_plan, stream_usage};
 use super::{unix_now, StreamUsage, Usage};
 use crate::body::{json, sse_json, MockResponse};
+use crate::config::MockConfig;
 use crate::state::Shared;
 use crate::text::{cap_tokens, completion_text, estimate_tokens, Finish};
 
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
+    cfg: &MockConfig,
     body: &[u8],
     deployment: Option<String>,
 ) -> MockResponse {
@@ -33,7 +35,7 @@ pub(crate) async fn handle(
         .prompt
         .as_ref()
         .map_or_else(|| estimate_tokens(0, 0), |p| p.tokens());
-    let (tokens, finish) = cap_tokens(shared.cfg.completion_tokens, gen.token_limit);
+    let (tokens, finish) = cap_tokens(cfg.completion_tokens, gen.token_limit);
     let usage = Usage::new(prompt_tokens, tokens);
     let chunks = TextChunks {
         id: new_id("cmpl-"),
@@ -42,10 +44,10 @@ pub(crate) async fn handle(
         include_usage: gen.include_usage,
     };
     if gen.stream {
-        let plan = stream_plan(&shared.cfg, tokens, finish, usage);
+        let plan = stream_plan(cfg, tokens, finish, usage);
         return stream::start(shared, chunks, plan, running);
     }
-    answer_delay(&shared.cfg).await;
+    answer_delay(cfg).await;
     let text = completion_text(tokens);
     let choice = TextChoice {
         text: &text,

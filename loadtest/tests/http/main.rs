@@ -2,5 +2,6 @@
 
 mod binary;
 mod client;
+mod control;
 mod openai;
 mod streams;

@@ -1,0 +1,363 @@
+//! The router: for each attempt of a request, which target and which endpoint.
+//!
+//! A target is eligible while one of its endpoints is: not yet tried by this request, healthy,
+//! not ejected, not cooling down. The model's strategy chooses among eligible targets; within
+//! the chosen target's pool, power-of-two-choices over peak-EWMA cost (or in-flight count for
+//! `least-loaded`) chooses the endpoint.
+
+pub mod ewma;
+pub mod weighted;
+
+use crate::config::runtime::{Model, Target};
+use crate::upstream::state::Unavailable;
+use crate::upstream::Endpoint;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Targets in order.
+    Fallback,
+    /// By weight, smoothly interleaved.
+    Weighted,
+    /// Lowest peak-EWMA cost, by power of two choices.
+    Latency,
+    /// Fewest requests in flight.
+    LeastLoaded,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 4] = [
+        Strategy::Fallback,
+        Strategy::Weighted,
+        Strategy::Latency,
+        Strategy::LeastLoaded,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Fallback => "fallback",
+            Strategy::Weighted => "weighted",
+            Strategy::Latency => "latency",
+            Strategy::LeastLoaded => "least-loaded",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Strategy> {
+        Self::ALL.into_iter().find(|s| s.name() == text)
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One attempt's destination.
+pub struct Pick<'m> {
+    pub target: &'m Target,
+    pub endpoint: Arc<Endpoint>,
+}
+
+/// A request's way through its model's targets, one attempt at a time.
+pub struct Planner<'m> {
+    model: &'m Model,
+    tried: Vec<Arc<Endpoint>>,
+}
+
+/// How endpoints compare.
+#[derive(Clone, Copy)]
+enum Measure {
+    Cost,
+    InFlight,
+}
+
+impl Measure {
+    fn of(self, endpoint: &Endpoint, now: Instant) -> f64 {
+        match self {
+            Measure::Cost => endpoint.state.cost(now),
+            Measure::InFlight => endpoint.state.in_flight() as f64,
+        }
+    }
+}
+
+impl<'m> Planner<'m> {
+    pub fn new(model: &'m Model) -> Planner<'m> {
+        Planner {
+            model,
+            tried: Vec::new(),
+        }
+    }
+
+    fn usable(&self, endpoint: &Arc<Endpoint>, now: Instant) -> bool {
+        endpoint.state.availability(now).is_ok()
+            && !self.tried.iter().any(|t| Arc::ptr_eq(t, endpoint))
+    }
+
+    fn eligible(&self, target: &Target, now: Instant) -> bool {
+        target
+            .provider
+            .pool
+            .endpoints
+            .iter()
+            .any(|e| self.usable(e, now))
+    }
+
+    /// The best usable endpoint of `target` by `measure`, over two random choices.
+    fn pick_endpoint(
+        &self,
+        target: &Target,
+        now: Instant,
+        measure: Measure,
+    ) -> Option<Arc<Endpoint>> {
+        let usable: Vec<&Arc<Endpoint>> = target
+            .provider
+            .pool
+            .endpoints
+            .iter()
+            .filter(|e| self.usable(e, now))
+            .collect();
+        let (a, b) = two_choices(usable.len())?;
+        let chosen = match b {
+            Some(b) if measure.of(usable[b], now) < measure.of(usable[a], now) => b,
+            _ => a,
+        };
+        Some(usable[chosen].clone())
+    }
+
+    /// The lowest `measure` among a target's usable endpoints.
+    fn target_measure(&self, target: &Target, now: Instant, measure: Measure) -> f64 {
+        target
+            .provider
+            .pool
+            .endpoints
+            .iter()
+            .filter(|e| self.usable(e, now))
+            .map(|e| measure.of(e, now))
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// The next attempt's target and endpoint; `None` when nothing usable is left.
+    pub fn next(&mut self, now: Instant) -> Option<Pick<'m>> {
+        let targets = &self.model.targets;
+        let measure = match self.model.strategy {
+            Strategy::LeastLoaded => Measure::InFlight,
+            _ => Measure::Cost,
+        };
+        let index = match self.model.strategy {
+            Strategy::Fallback => (0..targets.len()).find(|&i| self.eligible(&targets[i], now)),
+            Strategy::Weighted => self.model.weights.pick(|i| self.eligible(&targets[i], now)),
+            Strategy::Latency | Strategy::LeastLoaded => {
+                let eligible: Vec<usize> = (0..targets.len())
+                    .filter(|&i| self.eligible(&targets[i], now))
+                    .collect();
+                match measure {
+                    // Power of two choices: cheap, and it never herds onto one target.
+                    Measure::Cost => two_choices(eligible.len()).map(|(a, b)| match b {
+                        Some(b)
+                            if self.target_measure(&targets[eligible[b]], now, measure)
+                                < self.target_measure(&targets[eligible[a]], now, measure) =>
+                        {
+                            eligible[b]
+                        }
+                        _ => eligible[a],
+                    }),
+                    Measure::InFlight => eligible.into_iter().min_by(|&a, &b| {
+                        self.target_measure(&targets[a], now, measure)
+                            .total_cmp(&self.target_measure(&targets[b], now, measure))
+                    }),
+                }
+            }
+        }?;
+        let target = &targets[index];
+        let endpoint = self.pick_endpoint(target, now, measure)?;
+        self.tried.push(endpoint.clone());
+        Some(Pick { target, endpoint })
+    }
+
+    /// Why no endpoint of the model can serve now, for the 503 message.
+    pub fn unavailable_summary(&self, now: Instant) -> String {
+        let (mut unhealthy, mut ejected, mut cooling) = (0, 0, 0);
+        for endpoint in self
+            .model
+            .targets
+            .iter()
+            .flat_map(|t| t.provider.pool.endpoints.iter())
+        {
+            match endpoint.state.availability(now) {
+                Err(Unavailable::Unhealthy) => unhealthy += 1,
+                Err(Unavailable::Ejected) => ejected += 1,
+                Err(Unavailable::CoolingDown) => cooling += 1,
+                Ok(()) => {}
+            }
+        }
+        format!("{unhealthy} unhealthy, {ejected} ejected after failures, {cooling} cooling down after 429/503")
+    }
+}
+
+/// Two distinct random indices below `n` (the second absent when `n` is 1).
+fn two_choices(n: usize) -> Option<(usize, Option<usize>)> {
+    match n {
+        0 => None,
+        1 => Some((0, None)),
+        _ => {
+            let a = fastrand::usize(..n);
+            let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+            Some((a, Some(b)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Runtime;
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// A runtime with providers p0..pN (one endpoint each, or `pool` endpoints for p0) and one
+    /// model `m` over all of them with `strategy`.
+    fn runtime(strategy: &str, providers: usize, pool: usize, weights: &[u32]) -> Runtime {
+        let mut text = String::from("providers:\n");
+        for p in 0..providers {
+            let n = if p == 0 { pool } else { 1 };
+            let eps: Vec<String> = (0..n)
+                .map(|e| format!("\"127.0.0.1:{}\"", 10000 + p * 100 + e))
+                .collect();
+            text += &format!(
+                "  - {{ name: p{p}, kind: vllm, endpoints: [{}] }}\n",
+                eps.join(", ")
+            );
+        }
+        text += &format!("models:\n  - name: m\n    strategy: {strategy}\n    targets:\n");
+        for p in 0..providers {
+            let w = weights.get(p).copied().unwrap_or(1);
+            text += &format!("      - {{ provider: p{p}, model: x, weight: {w} }}\n");
+        }
+        let file = crate::config::parse("t.yaml", &text, &|_| None).unwrap();
+        match crate::config::runtime::build("t.yaml", Path::new("t.yaml"), file, None) {
+            Ok(rt) => rt,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn first_pick(rt: &Runtime, now: Instant) -> Option<(String, u16)> {
+        let model = rt.model("m").unwrap();
+        Planner::new(model)
+            .next(now)
+            .map(|p| (p.target.provider.name.clone(), p.endpoint.port))
+    }
+
+    #[test]
+    fn fallback_goes_in_order_and_never_repeats_an_endpoint() {
+        let rt = runtime("fallback", 3, 2, &[]);
+        let model = rt.model("m").unwrap();
+        let mut planner = Planner::new(model);
+        let now = Instant::now();
+        let order: Vec<String> = std::iter::from_fn(|| planner.next(now))
+            .map(|p| p.target.provider.name.clone())
+            .collect();
+        assert_eq!(
+            order,
+            ["p0", "p0", "p1", "p2"],
+            "a pool's endpoints come before the next target"
+        );
+    }
+
+    #[test]
+    fn unavailable_endpoints_are_skipped_and_explained() {
+        let rt = runtime("fallback", 2, 1, &[]);
+        let now = Instant::now();
+        let p0 = &rt.providers[0].pool.endpoints[0];
+        p0.state.cool_down(now, Duration::from_secs(2));
+        assert_eq!(first_pick(&rt, now).unwrap().0, "p1");
+        assert_eq!(
+            first_pick(&rt, now + Duration::from_secs(3)).unwrap().0,
+            "p0"
+        );
+        let p1 = &rt.providers[1].pool.endpoints[0];
+        p1.state.record_check(false, 1, 1);
+        let planner = Planner::new(rt.model("m").unwrap());
+        assert!(first_pick(&rt, now).is_none());
+        assert_eq!(
+            planner.unavailable_summary(now),
+            "1 unhealthy, 0 ejected after failures, 1 cooling down after 429/503"
+        );
+    }
+
+    #[test]
+    fn weighted_shares_follow_weights() {
+        let rt = runtime("weighted", 2, 1, &[3, 1]);
+        let now = Instant::now();
+        let picks: Vec<String> = (0..400).map(|_| first_pick(&rt, now).unwrap().0).collect();
+        assert_eq!(picks.iter().filter(|p| *p == "p0").count(), 300);
+        // Smooth: never more than three in a row for 3:1.
+        assert!(!picks.windows(4).any(|w| w.iter().all(|p| p == "p0")));
+    }
+
+    #[test]
+    fn latency_prefers_the_lower_peak_ewma_cost() {
+        let rt = runtime("latency", 2, 1, &[]);
+        let now = Instant::now();
+        rt.providers[0].pool.endpoints[0]
+            .state
+            .latency
+            .observe_at(Duration::from_millis(160), now);
+        rt.providers[1].pool.endpoints[0]
+            .state
+            .latency
+            .observe_at(Duration::from_millis(10), now);
+        for _ in 0..50 {
+            assert_eq!(first_pick(&rt, now).unwrap().0, "p1");
+        }
+        // Load counts: 20 requests in flight make the fast one cost more than the slow one.
+        let guards: Vec<_> = (0..20)
+            .map(|_| rt.providers[1].pool.endpoints[0].state.begin())
+            .collect();
+        assert_eq!(first_pick(&rt, now).unwrap().0, "p0");
+        drop(guards);
+    }
+
+    #[test]
+    fn a_pool_uses_p2c_over_endpoint_cost() {
+        let rt = runtime("fallback", 1, 2, &[]);
+        let now = Instant::now();
+        let eps = &rt.providers[0].pool.endpoints;
+        eps[0]
+            .state
+            .latency
+            .observe_at(Duration::from_millis(5), now);
+        eps[1]
+            .state
+            .latency
+            .observe_at(Duration::from_millis(155), now);
+        let fast = eps[0].port;
+        assert!((0..50).all(|_| first_pick(&rt, now).unwrap().1 == fast));
+    }
+
+    #[test]
+    fn least_loaded_takes_the_fewest_in_flight() {
+        let rt = runtime("least-loaded", 3, 1, &[]);
+        let now = Instant::now();
+        let _a = rt.providers[0].pool.endpoints[0].state.begin();
+        let _b = rt.providers[1].pool.endpoints[0].state.begin();
+        assert_eq!(first_pick(&rt, now).unwrap().0, "p2");
+    }
+
+    #[test]
+    fn two_choices_are_distinct_and_cover_all() {
+        assert_eq!(two_choices(0), None);
+        assert_eq!(two_choices(1), Some((0, None)));
+        let mut seen = [0usize; 5];
+        for _ in 0..5000 {
+            let (a, b) = two_choices(5).unwrap();
+            let b = b.unwrap();
+            assert!(a < 5 && b < 5 && a != b);
+            seen[a] += 1;
+            seen[b] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 1500), "{seen:?}");
+    }
+}
