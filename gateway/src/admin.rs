@@ -115,7 +115,7 @@ fn providers_json(runtime: &Runtime) -> serde_json::Value {
         "providers": runtime.providers.iter().map(|p| json!({
             "name": p.name,
             "kind": p.kind.name(),
-            "endpoints": p.pool.endpoints.iter().map(|e| {
+            "endpoints": p.pool.endpoints().iter().map(|e| {
                 let s = &e.state;
                 json!({
                     "address": e.label,

@@ -3,21 +3,25 @@
 
 use crate::config::{self, ConfigError, Runtime};
 use crate::metrics::Metrics;
+use crate::providers::Provider;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How often the config file is checked for changes (contract: picked up within 2 s).
 const FILE_POLL: Duration = Duration::from_millis(500);
 /// How often host names of endpoints are resolved again.
 const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// How often discovered pools are checked for being due (each has its own `every`).
+const DISCOVERY_TICK: Duration = Duration::from_millis(100);
 
 pub struct Control {
     path: PathBuf,
@@ -113,14 +117,37 @@ impl Control {
     }
 }
 
-/// Resolves every endpoint host name; failures are logged and the old address kept.
+/// Resolves every endpoint host name and runs every pool's discovery; failures are logged and
+/// the previous addresses kept.
 pub async fn resolve_endpoints(rt: &Runtime) {
     for provider in &rt.providers {
-        for endpoint in provider.pool.endpoints.iter().filter(|e| e.needs_dns()) {
+        discover(provider).await;
+        for endpoint in provider.pool.endpoints().iter().filter(|e| e.needs_dns()) {
             if let Err(e) = endpoint.resolve().await {
                 log::warn!("provider {}: {e}", provider.name);
             }
         }
+    }
+}
+
+async fn discover(provider: &Provider) {
+    let before = provider.pool.endpoints().len();
+    match provider.pool.discover().await {
+        Ok(()) => {
+            let now: Vec<String> = provider
+                .pool
+                .endpoints()
+                .iter()
+                .map(|e| e.label.clone())
+                .collect();
+            if now.len() != before {
+                log::info!("provider {}: discovered {}", provider.name, now.join(", "));
+            }
+        }
+        Err(e) => log::warn!(
+            "provider {}: discovery kept the previous endpoints: {e}",
+            provider.name
+        ),
     }
 }
 
@@ -137,6 +164,9 @@ impl BackgroundService for Control {
         let mut poll = tokio::time::interval(FILE_POLL);
         let mut dns = tokio::time::interval(DNS_REFRESH);
         dns.tick().await;
+        let mut discovery_tick = tokio::time::interval(DISCOVERY_TICK);
+        // When each discovered pool is next due, keyed by pool identity.
+        let mut discovery_due: HashMap<usize, Instant> = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
@@ -155,6 +185,23 @@ impl BackgroundService for Control {
                     }
                 }
                 _ = dns.tick() => resolve_endpoints(&self.runtime.load()).await,
+                _ = discovery_tick.tick() => {
+                    let runtime = self.runtime.load_full();
+                    let now = Instant::now();
+                    let mut live = HashMap::new();
+                    for provider in &runtime.providers {
+                        let Some(d) = &provider.pool.discovery else { continue };
+                        let key = Arc::as_ptr(&provider.pool) as usize;
+                        let due = discovery_due.get(&key).copied().unwrap_or(now + d.every);
+                        if due <= now {
+                            discover(provider).await;
+                            live.insert(key, now + d.every);
+                        } else {
+                            live.insert(key, due);
+                        }
+                    }
+                    discovery_due = live;
+                }
             }
         }
     }

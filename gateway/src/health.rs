@@ -77,7 +77,7 @@ impl BackgroundService for HealthChecker {
                 let Some(check) = &provider.health_check else {
                     continue;
                 };
-                for endpoint in &provider.pool.endpoints {
+                for endpoint in provider.pool.endpoints().iter() {
                     let key = Arc::as_ptr(endpoint) as usize;
                     let next = due.get(&key).copied().unwrap_or(now);
                     if next > now {

@@ -152,7 +152,7 @@ impl Metrics {
         self.endpoint_in_flight.reset();
         let now = Instant::now();
         for provider in &runtime.providers {
-            for endpoint in &provider.pool.endpoints {
+            for endpoint in provider.pool.endpoints().iter() {
                 let labels = [provider.name.as_str(), endpoint.label.as_str()];
                 let state = &endpoint.state;
                 self.endpoint_healthy

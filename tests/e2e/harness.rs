@@ -47,8 +47,13 @@ pub struct Mock {
 
 impl Mock {
     pub fn start(flags: &[&str]) -> Mock {
+        Self::start_at("127.0.0.1:0", flags)
+    }
+
+    /// A mock listening on `listen` (an address and port the test chose).
+    pub fn start_at(listen: &str, flags: &[&str]) -> Mock {
         let mut child = Command::new(BIN)
-            .args(["mock", "--listen", "127.0.0.1:0"])
+            .args(["mock", "--listen", listen])
             .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

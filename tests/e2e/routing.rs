@@ -234,3 +234,97 @@ async fn consecutive_failures_eject_an_endpoint_and_state_survives_reload() {
     );
     assert!(gw.endpoint_state("pool", good.addr).await["ewma_ms"].is_number());
 }
+
+/// A name in /etc/hosts for the length of a test (the tests run as root, as CI does).
+struct HostsEntry {
+    name: String,
+    original: String,
+}
+
+impl HostsEntry {
+    fn new() -> HostsEntry {
+        let original = std::fs::read_to_string("/etc/hosts").unwrap();
+        HostsEntry {
+            name: format!("tollgate-e2e-{}.test", fastrand::u32(..)),
+            original,
+        }
+    }
+
+    /// Points the name at `ips` (none: the name stops resolving).
+    fn set(&self, ips: &[&str]) {
+        let mut text = self.original.clone();
+        for ip in ips {
+            text += &format!("{ip} {}\n", self.name);
+        }
+        write_hosts(&text).expect("tests need to write /etc/hosts (run as root)");
+    }
+}
+
+/// Replaces /etc/hosts atomically where it can (other tests resolve `localhost` meanwhile);
+/// a bind-mounted /etc/hosts cannot be renamed over, so it is then written in place.
+fn write_hosts(text: &str) -> std::io::Result<()> {
+    let staged = format!("/etc/hosts.tollgate-{}", std::process::id());
+    std::fs::write(&staged, text)?;
+    std::fs::set_permissions(&staged, std::fs::metadata("/etc/hosts")?.permissions())?;
+    if std::fs::rename(&staged, "/etc/hosts").is_err() {
+        let _ = std::fs::remove_file(&staged);
+        std::fs::write("/etc/hosts", text)?;
+    }
+    Ok(())
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        let _ = write_hosts(&self.original);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dns_discovered_pool_follows_the_name() {
+    let a = Mock::start(&["--kind", "vllm"]);
+    let port = a.addr.port();
+    // Same port, another loopback address: what a second pod behind the service looks like.
+    let b = Mock::start_at(&format!("127.0.0.2:{port}"), &["--kind", "vllm"]);
+    let hosts = HostsEntry::new();
+    hosts.set(&["127.0.0.1"]);
+    let gw = Gateway::start(&format!(
+        "providers:\n  - {{ name: gpu, kind: vllm, discovery: {{ dns: \"{}:{port}\", every: 200ms }} }}\nmodels:\n  - name: m\n    targets: [{{ provider: gpu, model: llama }}]\n",
+        hosts.name
+    ))
+    .await;
+    assert_eq!(spread(&gw, 5, &[&a, &b]).await, [5, 0]);
+
+    hosts.set(&["127.0.0.2"]);
+    let moved = eventually(Duration::from_secs(3), || async {
+        gw.chat("m", false).await.status() == 200 && !b.requests().await.is_empty()
+    })
+    .await;
+    assert!(moved, "the pool did not follow the new address");
+    assert_eq!(spread(&gw, 5, &[&a, &b]).await, [0, 5]);
+
+    // A failed lookup keeps the previous set.
+    hosts.set(&[]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(spread(&gw, 3, &[&a, &b]).await, [0, 3]);
+    assert!(
+        gw.log().contains("discovery kept the previous endpoints"),
+        "{}",
+        gw.log()
+    );
+
+    hosts.set(&["127.0.0.1", "127.0.0.2"]);
+    let both = eventually(Duration::from_secs(3), || async {
+        reqwest::get(gw.admin_url("/admin/providers"))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["providers"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    assert!(both);
+}

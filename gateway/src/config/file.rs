@@ -67,6 +67,7 @@ pub struct ProviderSection {
     pub kind: String,
     pub base_url: Option<String>,
     pub endpoints: Option<Vec<String>>,
+    pub discovery: Option<DiscoverySection>,
     pub api_key: Option<String>,
     /// Azure OpenAI's `api-version` query parameter.
     pub api_version: Option<String>,
@@ -78,6 +79,18 @@ pub struct ProviderSection {
     pub ewma_decay: Option<Duration>,
     pub outlier: Option<OutlierSection>,
     pub health_check: Option<HealthCheckSection>,
+}
+
+/// A pool that follows a DNS name (a Kubernetes headless service has one address per pod).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySection {
+    /// `name:port`
+    pub dns: String,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub every: Option<Duration>,
+    /// `http` (default) or `https`.
+    pub scheme: Option<String>,
 }
 
 /// Passive ejection after consecutive failures.

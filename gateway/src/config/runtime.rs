@@ -8,6 +8,7 @@ use super::ConfigError;
 use crate::providers::{HealthCheck, Provider, ProviderKind, Timeouts};
 use crate::router::weighted::SmoothWeighted;
 use crate::router::Strategy;
+use crate::upstream::pool::Discovery;
 use crate::upstream::state::OutlierPolicy;
 use crate::upstream::{Endpoint, Pool};
 use serde_json::{json, Value};
@@ -180,9 +181,9 @@ impl Runtime {
         );
         out += &format!("providers ({}):\n", self.providers.len());
         for p in &self.providers {
-            let endpoints: Vec<String> = p
+            let mut endpoints: Vec<String> = p
                 .pool
-                .endpoints
+                .endpoints()
                 .iter()
                 .map(|e| {
                     format!(
@@ -193,6 +194,17 @@ impl Runtime {
                     )
                 })
                 .collect();
+            if let Some(d) = &p.pool.discovery {
+                endpoints.insert(
+                    0,
+                    format!(
+                        "DNS {}:{} every {}",
+                        d.name,
+                        d.port,
+                        format_duration(d.every)
+                    ),
+                );
+            }
             out += &format!(
                 "  {} [{}] {}{}\n",
                 p.name,
@@ -261,11 +273,16 @@ impl Runtime {
             "providers": self.providers.iter().map(|p| json!({
                 "name": p.name,
                 "kind": p.kind.name(),
-                "endpoints": p.pool.endpoints.iter().map(|e| json!({
+                "endpoints": p.pool.endpoints().iter().map(|e| json!({
                     "address": e.label,
                     "tls": e.tls,
                     "prefix": e.prefix,
                 })).collect::<Vec<_>>(),
+                "discovery": p.pool.discovery.as_ref().map(|d| json!({
+                    "dns": format!("{}:{}", d.name, d.port),
+                    "every": format_duration(d.every),
+                    "scheme": if d.tls { "https" } else { "http" },
+                })),
                 "api_key": redact(p.api_key.is_some()),
                 "api_version": p.api_version,
                 "region": p.region,
@@ -503,47 +520,74 @@ fn build_provider(
             return Err(cx.err(format!("{path}.timeouts.{name}"), "must be more than 0"));
         }
     }
-    let (addresses, key_path) = match (s.base_url, s.endpoints) {
-        (Some(url), None) => (vec![url], format!("{path}.base_url")),
-        (None, Some(list)) if !list.is_empty() => (list, format!("{path}.endpoints")),
-        (None, Some(_)) => {
-            return Err(cx.err(format!("{path}.endpoints"), "needs at least one address"))
-        }
-        (Some(_), Some(_)) => {
-            return Err(cx.err(
-                path,
-                "give either base_url or endpoints, not both (a base_url is a pool of one)",
-            ))
-        }
-        (None, None) => {
-            return Err(cx.err(
-                path,
-                "missing base_url or endpoints (e.g. base_url: https://api.openai.com)",
-            ))
-        }
-    };
     let ewma_decay = s.ewma_decay.unwrap_or(DEFAULT_EWMA_DECAY);
     if ewma_decay.is_zero() {
         return Err(cx.err(format!("{path}.ewma_decay"), "must be more than 0"));
     }
-    // An endpoint that is still configured the same keeps its state (latency, load, health).
-    let previous_endpoints: Vec<&Arc<Endpoint>> = previous
-        .and_then(|rt| rt.providers.iter().find(|p| p.name == s.name))
-        .map(|p| p.pool.endpoints.iter().collect())
-        .unwrap_or_default();
-    let mut endpoints = Vec::new();
-    for (i, address) in addresses.iter().enumerate() {
-        let at = if key_path.ends_with("endpoints") {
-            format!("{key_path}[{i}]")
-        } else {
-            key_path.clone()
-        };
-        let endpoint =
-            Endpoint::parse(address, timeouts.connect, ewma_decay).map_err(|e| cx.err(at, e))?;
-        let kept = previous_endpoints.iter().find(|old| old.same_as(&endpoint));
-        endpoints.push(kept.map_or_else(|| Arc::new(endpoint), |old| Arc::clone(old)));
-    }
-    let pool = Arc::new(Pool::new(endpoints));
+    let previous_provider = previous.and_then(|rt| rt.providers.iter().find(|p| p.name == s.name));
+    let pool = match (s.base_url, s.endpoints, s.discovery) {
+        (None, None, Some(d)) => {
+            let discovery = build_discovery(cx, path, d)?;
+            // A discovered pool keeps its members (and their state) while its settings hold.
+            previous_provider
+                .map(|p| &p.pool)
+                .filter(|old| {
+                    old.discovery.as_ref() == Some(&discovery)
+                        && old
+                            .endpoints()
+                            .first()
+                            .is_none_or(|e| e.state.latency.decay() == ewma_decay)
+                })
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(Pool::discovered(discovery, timeouts.connect, ewma_decay))
+                })
+        }
+        (base_url, endpoints, None) => {
+            let (addresses, key_path) = match (base_url, endpoints) {
+                (Some(url), None) => (vec![url], format!("{path}.base_url")),
+                (None, Some(list)) if !list.is_empty() => (list, format!("{path}.endpoints")),
+                (None, Some(_)) => {
+                    return Err(cx.err(format!("{path}.endpoints"), "needs at least one address"))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(cx.err(
+                        path,
+                        "give one of base_url, endpoints or discovery (a base_url is a pool of one)",
+                    ))
+                }
+                (None, None) => {
+                    return Err(cx.err(
+                        path,
+                        "missing base_url, endpoints or discovery (e.g. base_url: https://api.openai.com)",
+                    ))
+                }
+            };
+            // An endpoint that is still configured the same keeps its state.
+            let previous_endpoints = previous_provider.map(|p| p.pool.endpoints());
+            let mut endpoints = Vec::new();
+            for (i, address) in addresses.iter().enumerate() {
+                let at = if key_path.ends_with("endpoints") {
+                    format!("{key_path}[{i}]")
+                } else {
+                    key_path.clone()
+                };
+                let endpoint = Endpoint::parse(address, timeouts.connect, ewma_decay)
+                    .map_err(|e| cx.err(at, e))?;
+                let kept = previous_endpoints
+                    .as_ref()
+                    .and_then(|old| old.iter().find(|old| old.same_as(&endpoint)).cloned());
+                endpoints.push(kept.unwrap_or_else(|| Arc::new(endpoint)));
+            }
+            Arc::new(Pool::fixed(endpoints))
+        }
+        (_, _, Some(_)) => {
+            return Err(cx.err(
+                format!("{path}.discovery"),
+                "give one of base_url, endpoints or discovery",
+            ))
+        }
+    };
     let defaults = OutlierPolicy::default();
     let o = s.outlier.unwrap_or_default();
     let outlier = OutlierPolicy {
@@ -605,6 +649,48 @@ fn build_provider(
         timeouts,
         outlier,
         health_check,
+    })
+}
+
+fn build_discovery(
+    cx: &Ctx,
+    path: &str,
+    d: super::file::DiscoverySection,
+) -> Result<Discovery, ConfigError> {
+    let at = format!("{path}.discovery.dns");
+    let (name, port) = d
+        .dns
+        .rsplit_once(':')
+        .and_then(|(name, port)| Some((name, port.parse::<u16>().ok()?)))
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| {
+            cx.err(
+                &at,
+                format!(
+                    "expected name:port (e.g. vllm.ai.svc.cluster.local:8000), got {:?}",
+                    d.dns
+                ),
+            )
+        })?;
+    let tls = match d.scheme.as_deref() {
+        None | Some("http") => false,
+        Some("https") => true,
+        Some(other) => {
+            return Err(cx.err(
+                format!("{path}.discovery.scheme"),
+                format!("unknown scheme {other:?} (expected http or https)"),
+            ))
+        }
+    };
+    let every = d.every.unwrap_or(Duration::from_secs(5));
+    if every.is_zero() {
+        return Err(cx.err(format!("{path}.discovery.every"), "must be more than 0"));
+    }
+    Ok(Discovery {
+        name: name.to_string(),
+        port,
+        every,
+        tls,
     })
 }
 
@@ -831,7 +917,7 @@ models:
         let key = rt.keys.as_ref().unwrap().find("sk-virtual").unwrap();
         assert!(key.allows("a") && !key.allows("b"));
         assert!(rt.keys.as_ref().unwrap().find("sk-other").is_none());
-        assert_eq!(rt.providers[1].pool.endpoints.len(), 2);
+        assert_eq!(rt.providers[1].pool.endpoints().len(), 2);
     }
 
     #[test]

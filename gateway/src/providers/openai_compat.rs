@@ -88,7 +88,7 @@ mod tests {
         let provider = Provider {
             name: "p".into(),
             kind,
-            pool: Arc::new(Pool::new(vec![endpoint.clone()])),
+            pool: Arc::new(Pool::fixed(vec![endpoint.clone()])),
             api_key: Some(Secret::new("sk-up".into())),
             api_version: None,
             region: None,

@@ -100,7 +100,7 @@ impl<'m> Planner<'m> {
         target
             .provider
             .pool
-            .endpoints
+            .endpoints()
             .iter()
             .any(|e| self.usable(e, now))
     }
@@ -112,13 +112,9 @@ impl<'m> Planner<'m> {
         now: Instant,
         measure: Measure,
     ) -> Option<Arc<Endpoint>> {
-        let usable: Vec<&Arc<Endpoint>> = target
-            .provider
-            .pool
-            .endpoints
-            .iter()
-            .filter(|e| self.usable(e, now))
-            .collect();
+        let endpoints = target.provider.pool.endpoints();
+        let usable: Vec<&Arc<Endpoint>> =
+            endpoints.iter().filter(|e| self.usable(e, now)).collect();
         let (a, b) = two_choices(usable.len())?;
         let chosen = match b {
             Some(b) if measure.of(usable[b], now) < measure.of(usable[a], now) => b,
@@ -132,7 +128,7 @@ impl<'m> Planner<'m> {
         target
             .provider
             .pool
-            .endpoints
+            .endpoints()
             .iter()
             .filter(|e| self.usable(e, now))
             .map(|e| measure.of(e, now))
@@ -184,7 +180,7 @@ impl<'m> Planner<'m> {
             .model
             .targets
             .iter()
-            .flat_map(|t| t.provider.pool.endpoints.iter())
+            .flat_map(|t| t.provider.pool.endpoints().to_vec())
         {
             match endpoint.state.availability(now) {
                 Err(Unavailable::Unhealthy) => unhealthy += 1,
@@ -270,14 +266,14 @@ mod tests {
     fn unavailable_endpoints_are_skipped_and_explained() {
         let rt = runtime("fallback", 2, 1, &[]);
         let now = Instant::now();
-        let p0 = &rt.providers[0].pool.endpoints[0];
+        let p0 = &rt.providers[0].pool.endpoints()[0];
         p0.state.cool_down(now, Duration::from_secs(2));
         assert_eq!(first_pick(&rt, now).unwrap().0, "p1");
         assert_eq!(
             first_pick(&rt, now + Duration::from_secs(3)).unwrap().0,
             "p0"
         );
-        let p1 = &rt.providers[1].pool.endpoints[0];
+        let p1 = &rt.providers[1].pool.endpoints()[0];
         p1.state.record_check(false, 1, 1);
         let planner = Planner::new(rt.model("m").unwrap());
         assert!(first_pick(&rt, now).is_none());
@@ -301,11 +297,11 @@ mod tests {
     fn latency_prefers_the_lower_peak_ewma_cost() {
         let rt = runtime("latency", 2, 1, &[]);
         let now = Instant::now();
-        rt.providers[0].pool.endpoints[0]
+        rt.providers[0].pool.endpoints()[0]
             .state
             .latency
             .observe_at(Duration::from_millis(160), now);
-        rt.providers[1].pool.endpoints[0]
+        rt.providers[1].pool.endpoints()[0]
             .state
             .latency
             .observe_at(Duration::from_millis(10), now);
@@ -313,9 +309,8 @@ mod tests {
             assert_eq!(first_pick(&rt, now).unwrap().0, "p1");
         }
         // Load counts: 20 requests in flight make the fast one cost more than the slow one.
-        let guards: Vec<_> = (0..20)
-            .map(|_| rt.providers[1].pool.endpoints[0].state.begin())
-            .collect();
+        let fast = rt.providers[1].pool.endpoints()[0].clone();
+        let guards: Vec<_> = (0..20).map(|_| fast.state.begin()).collect();
         assert_eq!(first_pick(&rt, now).unwrap().0, "p0");
         drop(guards);
     }
@@ -324,7 +319,7 @@ mod tests {
     fn a_pool_uses_p2c_over_endpoint_cost() {
         let rt = runtime("fallback", 1, 2, &[]);
         let now = Instant::now();
-        let eps = &rt.providers[0].pool.endpoints;
+        let eps = &rt.providers[0].pool.endpoints();
         eps[0]
             .state
             .latency
@@ -341,8 +336,12 @@ mod tests {
     fn least_loaded_takes_the_fewest_in_flight() {
         let rt = runtime("least-loaded", 3, 1, &[]);
         let now = Instant::now();
-        let _a = rt.providers[0].pool.endpoints[0].state.begin();
-        let _b = rt.providers[1].pool.endpoints[0].state.begin();
+        let (a, b) = (
+            rt.providers[0].pool.endpoints()[0].clone(),
+            rt.providers[1].pool.endpoints()[0].clone(),
+        );
+        let _a = a.state.begin();
+        let _b = b.state.begin();
         assert_eq!(first_pick(&rt, now).unwrap().0, "p2");
     }
 

@@ -20,6 +20,8 @@ pub struct Endpoint {
     /// `host:port`, for metrics labels and admin output.
     pub label: String,
     connect_timeout: Duration,
+    /// The host is a name to resolve (not an IP literal, not an address discovery found).
+    resolves: bool,
     peer: ArcSwapOption<HttpPeer>,
     /// Latency, load, cooldown, ejection and health, kept across reloads with the endpoint.
     pub state: EndpointState,
@@ -63,7 +65,7 @@ impl Endpoint {
         } else {
             format!("{}:{port}", host_for_header(&host))
         };
-        let endpoint = Endpoint {
+        let mut endpoint = Endpoint {
             tls,
             label: format!("{}:{port}", host_for_header(&host)),
             host,
@@ -71,18 +73,57 @@ impl Endpoint {
             prefix: prefix.to_string(),
             authority,
             connect_timeout,
+            resolves: false,
             peer: ArcSwapOption::empty(),
             state: EndpointState::new(ewma_decay),
         };
-        if let Ok(ip) = endpoint.host.parse::<IpAddr>() {
-            endpoint.set_address(SocketAddr::new(ip, port));
+        match endpoint.host.parse::<IpAddr>() {
+            Ok(ip) => endpoint.set_address(SocketAddr::new(ip, port)),
+            Err(_) => endpoint.resolves = true,
         }
         Ok(endpoint)
     }
 
+    /// One address of a discovered service: named `name` (Host and SNI), reached at `addr`.
+    pub fn discovered(
+        name: &str,
+        addr: SocketAddr,
+        tls: bool,
+        connect_timeout: Duration,
+        ewma_decay: Duration,
+    ) -> Endpoint {
+        let default_port = if tls { 443 } else { 80 };
+        let endpoint = Endpoint {
+            tls,
+            host: name.to_string(),
+            port: addr.port(),
+            prefix: String::new(),
+            authority: if addr.port() == default_port {
+                name.to_string()
+            } else {
+                format!("{name}:{}", addr.port())
+            },
+            label: addr.to_string(),
+            connect_timeout,
+            resolves: false,
+            peer: ArcSwapOption::empty(),
+            state: EndpointState::new(ewma_decay),
+        };
+        endpoint.set_address(addr);
+        endpoint
+    }
+
     /// True when the host is a name that DNS must turn into an address.
     pub fn needs_dns(&self) -> bool {
-        self.host.parse::<IpAddr>().is_err()
+        self.resolves
+    }
+
+    /// The address connections go to, once known.
+    pub fn address(&self) -> Option<SocketAddr> {
+        match self.peer.load().as_ref()?._address {
+            pingora::protocols::l4::socket::SocketAddr::Inet(addr) => Some(addr),
+            _ => None,
+        }
     }
 
     /// Resolves the host name; on failure the previous address (if any) is kept.
@@ -98,8 +139,7 @@ impl Endpoint {
         let addr = addrs
             .next()
             .ok_or_else(|| format!("resolving {}: no addresses", self.host))?;
-        let known = self.peer.load().as_ref().map(|p| p._address.clone());
-        if known != Some(addr.into()) {
+        if self.address() != Some(addr) {
             self.set_address(addr);
         }
         Ok(())
@@ -122,6 +162,7 @@ impl Endpoint {
     /// Same address and connection settings: a reload may keep this endpoint's state.
     pub fn same_as(&self, other: &Endpoint) -> bool {
         self.tls == other.tls
+            && self.resolves == other.resolves
             && self.host == other.host
             && self.port == other.port
             && self.prefix == other.prefix
