@@ -17,10 +17,12 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate::config::Runtime;
 use tollgate::router::Planner;
 use tollgate::upstream::state::InFlight;
+use tollgate::upstream::Endpoint;
 
 const SIZES: [usize; 3] = [2, 8, 64];
 
@@ -94,8 +96,7 @@ fn runtime(shape: Shape, strategy: &str, n: usize) -> Runtime {
     let rt = tollgate::config::runtime::build("bench.yaml", Path::new("bench.yaml"), file, None)
         .unwrap_or_else(|e| panic!("{e}"));
     let model = rt.model("m").expect("model m");
-    let endpoints: usize = rt.providers.iter().map(|p| p.pool.endpoints.len()).sum();
-    assert_eq!(endpoints, n);
+    assert_eq!(endpoints(&rt).len(), n);
     assert_eq!(model.strategy.name(), strategy);
     let targets = match shape {
         Shape::Pool => 1,
@@ -105,12 +106,19 @@ fn runtime(shape: Shape, strategy: &str, n: usize) -> Runtime {
     rt
 }
 
+/// All endpoints of all providers, in config order.
+fn endpoints(rt: &Runtime) -> Vec<Arc<Endpoint>> {
+    rt.providers
+        .iter()
+        .flat_map(|p| p.pool.endpoints().to_vec())
+        .collect()
+}
+
 /// Gives every endpoint its own latency history (20..200 ms, stamped at `now`) and every third
 /// one 1 to 4 requests in flight; the returned guards keep those requests open.
-fn load(rt: &Runtime, now: Instant) -> Vec<InFlight<'_>> {
-    let endpoints = rt.providers.iter().flat_map(|p| p.pool.endpoints.iter());
+fn load(endpoints: &[Arc<Endpoint>], now: Instant) -> Vec<InFlight<'_>> {
     let mut guards = Vec::new();
-    for (i, endpoint) in endpoints.enumerate() {
+    for (i, endpoint) in endpoints.iter().enumerate() {
         let millis = 20 + (i as u64 * 37) % 180;
         endpoint
             .state
@@ -130,7 +138,8 @@ fn routing(c: &mut Criterion) {
             for n in SIZES {
                 let rt = runtime(shape, strategy, n);
                 let now = Instant::now();
-                let _guards = load(&rt, now);
+                let endpoints = endpoints(&rt);
+                let _guards = load(&endpoints, now);
                 let model = rt.model("m").expect("model m");
                 assert!(
                     Planner::new(model).next(now).is_some(),

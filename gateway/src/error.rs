@@ -29,6 +29,12 @@ pub enum GatewayError {
     UpstreamFailed(String),
     /// 504: every attempt failed, the last by timing out.
     UpstreamTimeout(String),
+    /// 400: the prompt and requested output do not fit the context window.
+    ContextLengthExceeded {
+        window: u64,
+        prompt: u64,
+        output: u64,
+    },
     /// 503: no endpoint of the model can take traffic now.
     NoEligibleTarget { model: String, why: String },
     /// The client went away; nothing more can be sent.
@@ -40,7 +46,7 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::BadRequest { .. } => 400,
+            GatewayError::BadRequest { .. } | GatewayError::ContextLengthExceeded { .. } => 400,
             GatewayError::MissingKey | GatewayError::InvalidKey => 401,
             GatewayError::ModelNotAllowed(_) => 403,
             GatewayError::ModelNotFound(_) | GatewayError::UnknownPath(_) => 404,
@@ -80,6 +86,7 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::NoEligibleTarget { .. } => "no_eligible_target",
+            GatewayError::ContextLengthExceeded { .. } => "context_length_exceeded",
             GatewayError::ClientGone => "client_closed_request",
             GatewayError::Internal { .. } => "internal_error",
         })
@@ -89,6 +96,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { param, .. } => *param,
             GatewayError::ModelNotAllowed(_) | GatewayError::ModelNotFound(_) => Some("model"),
+            GatewayError::ContextLengthExceeded { .. } => Some("messages"),
             _ => None,
         }
     }
@@ -143,6 +151,15 @@ impl fmt::Display for GatewayError {
             GatewayError::UpstreamTimeout(detail) => {
                 write!(f, "The upstream timed out: {detail}")
             }
+            GatewayError::ContextLengthExceeded {
+                window,
+                prompt,
+                output,
+            } => write!(
+                f,
+                "This model's maximum context length is {window} tokens. However, you requested {} tokens ({prompt} in the messages, {output} in the completion). Please reduce the length of the messages or completion.",
+                prompt + output
+            ),
             GatewayError::NoEligibleTarget { model, why } => write!(
                 f,
                 "No target of model `{model}` can take requests right now: {why}."

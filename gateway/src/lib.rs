@@ -1,6 +1,7 @@
 //! Tollgate: an OpenAI-compatible AI gateway on Pingora.
 
 pub mod admin;
+pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -11,4 +12,5 @@ pub mod providers;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tokens;
 pub mod upstream;

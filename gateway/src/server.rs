@@ -7,6 +7,7 @@ use crate::control::{resolve_endpoints, Control};
 use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::router::Strategy;
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -56,6 +57,13 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
             Ok::<(), String>(())
         })?;
     log::info!("starting tollgate\n{}", runtime.summary());
+    if runtime
+        .models
+        .iter()
+        .any(|m| m.context.is_some() || m.strategy == Strategy::Cost)
+    {
+        crate::tokens::warm_up();
+    }
 
     let settings = &runtime.server;
     let scratch = std::env::temp_dir().join(format!("tollgate-{}", std::process::id()));

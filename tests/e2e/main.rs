@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod context;
 mod errors;
 mod failover;
 mod relay;

@@ -18,6 +18,26 @@ pub struct FileConfig {
     pub keys: Vec<KeySection>,
     #[serde(default)]
     pub plugins: PluginsSection,
+    /// Facts about upstream models, merged over the built-in catalog.
+    #[serde(default)]
+    pub catalog: std::collections::BTreeMap<String, CatalogEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    pub context_window: Option<u64>,
+    pub tokenizer: Option<String>,
+    pub price_per_mtok: Option<PriceSection>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSection {
+    pub input: f64,
+    pub cached_input: Option<f64>,
+    pub output: f64,
 }
 
 /// Plugins run in the order listed here.
@@ -137,6 +157,8 @@ pub struct ModelSection {
     pub strategy: Option<String>,
     pub targets: Vec<TargetSection>,
     pub retry: Option<RetrySection>,
+    /// What to do with prompts that do not fit: reject | overflow_to_larger | truncate_middle.
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

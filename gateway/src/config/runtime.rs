@@ -5,7 +5,9 @@ use super::file::{FileConfig, KeySection, ModelSection, ProviderSection, ServerS
 use super::secret::Secret;
 use super::units::format_duration;
 use super::ConfigError;
+use crate::catalog::{Catalog, ModelFacts, Prices, Tokenizer};
 use crate::providers::{HealthCheck, Provider, ProviderKind, Timeouts};
+use crate::router::context::ContextPolicy;
 use crate::router::weighted::SmoothWeighted;
 use crate::router::Strategy;
 use crate::upstream::pool::Discovery;
@@ -56,6 +58,8 @@ pub struct ServerSettings {
 pub struct Model {
     pub name: String,
     pub strategy: Strategy,
+    /// What happens to prompts that do not fit a target's context window.
+    pub context: Option<ContextPolicy>,
     pub targets: Vec<Target>,
     /// Rotation state for `strategy: weighted`.
     pub weights: SmoothWeighted,
@@ -67,6 +71,8 @@ pub struct Target {
     /// The model name sent upstream.
     pub model: String,
     pub weight: u32,
+    /// What the catalog knows about `model`.
+    pub facts: Option<ModelFacts>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,6 +379,51 @@ pub fn build(
         providers.push(Arc::new(build_provider(&cx, &path, section, previous)?));
     }
 
+    let mut catalog = Catalog::default();
+    for (name, entry) in file.catalog {
+        let at = format!("catalog.{name}");
+        let base = catalog.get(&name).copied();
+        let tokenizer = match entry.tokenizer.as_deref() {
+            None => base.map_or(Tokenizer::Cl100k, |b| b.tokenizer),
+            Some(t) => Tokenizer::parse(t).ok_or_else(|| {
+                cx.err(
+                    format!("{at}.tokenizer"),
+                    format!("unknown tokenizer {t:?} (known: o200k_base, cl100k_base)"),
+                )
+            })?,
+        };
+        if entry.context_window == Some(0) {
+            return Err(cx.err(format!("{at}.context_window"), "must be more than 0"));
+        }
+        let prices = match entry.price_per_mtok {
+            Some(p) => {
+                if [p.input, p.output, p.cached_input.unwrap_or(0.0)]
+                    .iter()
+                    .any(|v| !v.is_finite() || *v < 0.0)
+                {
+                    return Err(cx.err(
+                        format!("{at}.price_per_mtok"),
+                        "prices must be numbers >= 0",
+                    ));
+                }
+                Some(Prices {
+                    input: p.input,
+                    cached_input: p.cached_input,
+                    output: p.output,
+                })
+            }
+            None => base.and_then(|b| b.prices),
+        };
+        catalog.insert(
+            name,
+            ModelFacts {
+                context_window: entry.context_window.or(base.and_then(|b| b.context_window)),
+                tokenizer,
+                prices,
+            },
+        );
+    }
+
     let mut models: Vec<Arc<Model>> = Vec::new();
     let mut model_index = HashMap::new();
     for (i, section) in file.models.into_iter().enumerate() {
@@ -383,7 +434,7 @@ pub fn build(
                 format!("duplicate model name {:?}", section.name),
             ));
         }
-        let model = build_model(&cx, &path, section, &providers)?;
+        let model = build_model(&cx, &path, section, &providers, &catalog)?;
         model_index.insert(model.name.clone(), models.len());
         models.push(Arc::new(model));
     }
@@ -699,6 +750,7 @@ fn build_model(
     path: &str,
     s: ModelSection,
     providers: &[Arc<Provider>],
+    catalog: &Catalog,
 ) -> Result<Model, ConfigError> {
     if s.name.is_empty() {
         return Err(cx.err(format!("{path}.name"), "must not be empty"));
@@ -749,10 +801,12 @@ fn build_model(
                 "must be at least 1 (remove the target to send it nothing)",
             ));
         }
+        let facts = catalog.get(&t.model).copied();
         targets.push(Target {
             provider: provider.clone(),
             model: t.model,
             weight,
+            facts,
         });
     }
     let default_attempts = (targets.len() as u32).max(3);
@@ -815,9 +869,42 @@ fn build_model(
             }
         }
     };
+    let context = match s.context.as_deref() {
+        None => None,
+        Some(name) => Some(ContextPolicy::parse(name).ok_or_else(|| {
+            cx.err(
+                format!("{path}.context"),
+                format!(
+                    "unknown context policy {name:?} (known: reject, overflow_to_larger, truncate_middle)"
+                ),
+            )
+        })?),
+    };
+    for (i, t) in targets.iter().enumerate() {
+        let facts = t.facts.as_ref();
+        if context.is_some() && facts.and_then(|f| f.context_window).is_none() {
+            return Err(cx.err(
+                format!("{path}.targets[{i}].model"),
+                format!(
+                    "the context policy needs the context window of {:?}: add catalog: {{ {:?}: {{ context_window: N }} }}",
+                    t.model, t.model
+                ),
+            ));
+        }
+        if strategy == Strategy::Cost && facts.and_then(|f| f.prices).is_none() {
+            return Err(cx.err(
+                format!("{path}.targets[{i}].model"),
+                format!(
+                    "strategy cost needs the prices of {:?}: add catalog: {{ {:?}: {{ price_per_mtok: {{ input: N, output: N }} }} }}",
+                    t.model, t.model
+                ),
+            ));
+        }
+    }
     Ok(Model {
         name: s.name,
         strategy,
+        context,
         weights: SmoothWeighted::new(targets.iter().map(|t| t.weight).collect()),
         targets,
         retry,

@@ -11,7 +11,9 @@ use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::{Operation, Provider};
-use crate::router::{Pick, Planner};
+use crate::router::context;
+use crate::router::{estimated_costs, Pick, Planner, Strategy};
+use crate::tokens::PromptSize;
 use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -58,6 +60,8 @@ pub struct RequestCtx {
     upstream_model: Option<String>,
     /// The strategy that chose the target, for `x-tollgate-route`.
     route: &'static str,
+    /// Messages dropped by `context: truncate_middle`.
+    truncated: Option<usize>,
     attempts: u32,
     upstream_wait: Duration,
 }
@@ -83,6 +87,7 @@ impl ProxyHttp for Gateway {
             provider: None,
             upstream_model: None,
             route: "",
+            truncated: None,
             attempts: 0,
             upstream_wait: Duration::ZERO,
         }
@@ -227,8 +232,8 @@ impl Gateway {
         key: Option<Arc<Key>>,
         op: Operation,
     ) -> std::result::Result<(), GatewayError> {
-        let body = read_body(session, rt.server.max_body_bytes).await?;
-        let head = RequestHead::parse(&body)?;
+        let mut body = read_body(session, rt.server.max_body_bytes).await?;
+        let mut head = RequestHead::parse(&body)?;
         ctx.model = Some(head.model.clone());
         let model = rt
             .model(&head.model)
@@ -240,7 +245,26 @@ impl Gateway {
         }
 
         ctx.route = model.strategy.name();
-        let mut planner = Planner::new(model);
+        let mut planner = {
+            // Prompt size matters only to some policies; most requests never parse it.
+            let needs_prompt = model.context.is_some() || model.strategy == Strategy::Cost;
+            let prompt = needs_prompt.then(|| PromptSize::from_body(&body)).flatten();
+            let mut allowed = vec![true; model.targets.len()];
+            if let (Some(policy), Some(prompt)) = (model.context, &prompt) {
+                let outcome = context::apply(policy, model, prompt, &body)?;
+                allowed = outcome.allowed;
+                if let Some((shorter, dropped)) = outcome.truncated {
+                    body = shorter;
+                    head = RequestHead::parse(&body)?;
+                    ctx.truncated = Some(dropped);
+                }
+            }
+            let costs = match model.strategy {
+                Strategy::Cost => estimated_costs(model, prompt.as_ref()),
+                _ => Vec::new(),
+            };
+            Planner::admitted(model, allowed, costs)
+        };
         let mut failures: Vec<(String, Failure)> = Vec::new();
         while ctx.attempts < model.retry.attempts {
             let Some(Pick { target, endpoint }) = planner.next(Instant::now()) else {

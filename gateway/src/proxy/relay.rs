@@ -85,6 +85,10 @@ pub async fn relay(
         resp.insert_header(name, value)
             .map_err(|_| GatewayError::ClientGone)?;
     }
+    if let Some(dropped) = ctx.truncated {
+        resp.insert_header("x-tollgate-truncated", format!("{dropped} messages"))
+            .map_err(|_| GatewayError::ClientGone)?;
+    }
     if session
         .write_response_header(Box::new(resp), false)
         .await

@@ -5,10 +5,12 @@
 //! the chosen target's pool, power-of-two-choices over peak-EWMA cost (or in-flight count for
 //! `least-loaded`) chooses the endpoint.
 
+pub mod context;
 pub mod ewma;
 pub mod weighted;
 
 use crate::config::runtime::{Model, Target};
+use crate::tokens::PromptSize;
 use crate::upstream::state::Unavailable;
 use crate::upstream::Endpoint;
 use std::fmt;
@@ -25,14 +27,17 @@ pub enum Strategy {
     Latency,
     /// Fewest requests in flight.
     LeastLoaded,
+    /// Cheapest by catalog prices × estimated tokens.
+    Cost,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 4] = [
+    pub const ALL: [Strategy; 5] = [
         Strategy::Fallback,
         Strategy::Weighted,
         Strategy::Latency,
         Strategy::LeastLoaded,
+        Strategy::Cost,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +46,7 @@ impl Strategy {
             Strategy::Weighted => "weighted",
             Strategy::Latency => "latency",
             Strategy::LeastLoaded => "least-loaded",
+            Strategy::Cost => "cost",
         }
     }
 
@@ -64,6 +70,10 @@ pub struct Pick<'m> {
 /// A request's way through its model's targets, one attempt at a time.
 pub struct Planner<'m> {
     model: &'m Model,
+    /// Per target: admitted for this request (context fit, rules, residency).
+    allowed: Vec<bool>,
+    /// Per target: estimated cost of this request, for `strategy: cost`.
+    estimated_cost: Vec<f64>,
     tried: Vec<Arc<Endpoint>>,
 }
 
@@ -85,8 +95,16 @@ impl Measure {
 
 impl<'m> Planner<'m> {
     pub fn new(model: &'m Model) -> Planner<'m> {
+        Self::admitted(model, vec![true; model.targets.len()], Vec::new())
+    }
+
+    /// A planner limited to the `allowed` targets; `estimated_cost` ranks them under
+    /// `strategy: cost`.
+    pub fn admitted(model: &'m Model, allowed: Vec<bool>, estimated_cost: Vec<f64>) -> Planner<'m> {
         Planner {
             model,
+            allowed,
+            estimated_cost,
             tried: Vec::new(),
         }
     }
@@ -96,13 +114,14 @@ impl<'m> Planner<'m> {
             && !self.tried.iter().any(|t| Arc::ptr_eq(t, endpoint))
     }
 
-    fn eligible(&self, target: &Target, now: Instant) -> bool {
-        target
-            .provider
-            .pool
-            .endpoints()
-            .iter()
-            .any(|e| self.usable(e, now))
+    fn eligible(&self, index: usize, now: Instant) -> bool {
+        self.allowed[index]
+            && self.model.targets[index]
+                .provider
+                .pool
+                .endpoints()
+                .iter()
+                .any(|e| self.usable(e, now))
     }
 
     /// The best usable endpoint of `target` by `measure`, over two random choices.
@@ -143,11 +162,15 @@ impl<'m> Planner<'m> {
             _ => Measure::Cost,
         };
         let index = match self.model.strategy {
-            Strategy::Fallback => (0..targets.len()).find(|&i| self.eligible(&targets[i], now)),
-            Strategy::Weighted => self.model.weights.pick(|i| self.eligible(&targets[i], now)),
+            Strategy::Fallback => (0..targets.len()).find(|&i| self.eligible(i, now)),
+            Strategy::Weighted => self.model.weights.pick(|i| self.eligible(i, now)),
+            // Cheapest first; equal prices keep config order.
+            Strategy::Cost => (0..targets.len())
+                .filter(|&i| self.eligible(i, now))
+                .min_by(|&a, &b| self.estimated_cost[a].total_cmp(&self.estimated_cost[b])),
             Strategy::Latency | Strategy::LeastLoaded => {
                 let eligible: Vec<usize> = (0..targets.len())
-                    .filter(|&i| self.eligible(&targets[i], now))
+                    .filter(|&i| self.eligible(i, now))
                     .collect();
                 match measure {
                     // Power of two choices: cheap, and it never herds onto one target.
@@ -191,6 +214,30 @@ impl<'m> Planner<'m> {
         }
         format!("{unhealthy} unhealthy, {ejected} ejected after failures, {cooling} cooling down after 429/503")
     }
+}
+
+/// Output tokens assumed when a request does not cap them, for cost estimates.
+const DEFAULT_OUTPUT_ESTIMATE: u64 = 256;
+
+/// Each target's price for this request: catalog prices × estimated tokens (0 without prices
+/// or a prompt to measure).
+pub fn estimated_costs(model: &Model, prompt: Option<&PromptSize>) -> Vec<f64> {
+    let (input, output) = prompt.map_or((0, DEFAULT_OUTPUT_ESTIMATE), |p| {
+        let output = match p.requested_output {
+            0 => DEFAULT_OUTPUT_ESTIMATE,
+            n => n,
+        };
+        (p.estimate(), output)
+    });
+    model
+        .targets
+        .iter()
+        .map(|t| {
+            t.facts.and_then(|f| f.prices).map_or(0.0, |p| {
+                (input as f64 * p.input + output as f64 * p.output) / 1e6
+            })
+        })
+        .collect()
 }
 
 /// Two distinct random indices below `n` (the second absent when `n` is 1).
