@@ -95,6 +95,9 @@ impl Control {
                         log::warn!("config reload: {what} changed; it takes effect on restart");
                     }
                 }
+                for warning in &new.warnings {
+                    log::warn!("{warning}");
+                }
                 self.runtime.store(Arc::new(new));
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 log::info!("config reloaded ({trigger}) from {}", self.path.display());

@@ -7,6 +7,7 @@ mod cli;
 mod context;
 mod errors;
 mod failover;
+mod geo;
 mod relay;
 mod reload;
 mod routing;

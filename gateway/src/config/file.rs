@@ -18,9 +18,23 @@ pub struct FileConfig {
     pub keys: Vec<KeySection>,
     #[serde(default)]
     pub plugins: PluginsSection,
+    #[serde(default)]
+    pub geo: GeoSection,
     /// Facts about upstream models, merged over the built-in catalog.
     #[serde(default)]
     pub catalog: std::collections::BTreeMap<String, CatalogEntry>,
+}
+
+/// Where clients are, and which regions are near each other.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoSection {
+    /// Client address ranges → region, when the client sends no `x-tollgate-region`.
+    #[serde(default)]
+    pub client_regions: std::collections::BTreeMap<String, String>,
+    /// Region → the other regions from nearest to farthest, for `strategy: geo`.
+    #[serde(default)]
+    pub nearest: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +173,8 @@ pub struct ModelSection {
     pub retry: Option<RetrySection>,
     /// What to do with prompts that do not fit: reject | overflow_to_larger | truncate_middle.
     pub context: Option<String>,
+    /// Regions this model's traffic may never leave, failover included.
+    pub residency: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,4 +209,6 @@ pub struct KeySection {
     pub team: Option<String>,
     pub project: Option<String>,
     pub models: Option<Vec<String>>,
+    /// Regions this key's traffic may never leave.
+    pub residency: Option<Vec<String>>,
 }

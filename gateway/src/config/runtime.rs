@@ -8,6 +8,7 @@ use super::ConfigError;
 use crate::catalog::{Catalog, ModelFacts, Prices, Tokenizer};
 use crate::providers::{HealthCheck, Provider, ProviderKind, Timeouts};
 use crate::router::context::ContextPolicy;
+use crate::router::geo::{resident, Geo};
 use crate::router::weighted::SmoothWeighted;
 use crate::router::Strategy;
 use crate::upstream::pool::Discovery;
@@ -43,6 +44,9 @@ pub struct Runtime {
     pub keys: Option<KeyTable>,
     /// In the order they run.
     pub plugins: Vec<Arc<dyn Plugin>>,
+    pub geo: Geo,
+    /// Things that load but look wrong (a target outside its model's residency, say).
+    pub warnings: Vec<String>,
 }
 
 pub struct ServerSettings {
@@ -58,6 +62,8 @@ pub struct ServerSettings {
 pub struct Model {
     pub name: String,
     pub strategy: Strategy,
+    /// Regions the model's traffic may never leave.
+    pub residency: Option<Vec<String>>,
     /// What happens to prompts that do not fit a target's context window.
     pub context: Option<ContextPolicy>,
     pub targets: Vec<Target>,
@@ -136,6 +142,8 @@ pub struct Key {
     pub project: Option<String>,
     /// `None`: every model.
     pub models: Option<HashSet<String>>,
+    /// Regions this key's traffic may never leave.
+    pub residency: Option<Vec<String>>,
 }
 
 impl Key {
@@ -243,6 +251,9 @@ impl Runtime {
             Some(keys) => out += &format!("keys: {}\n", keys.count()),
             None => out += "keys: none (the data plane accepts requests without a key)\n",
         }
+        for warning in &self.warnings {
+            out += &format!("warning: {warning}\n");
+        }
         let plugins: Vec<&str> = self.plugins.iter().map(|p| p.name()).collect();
         out += &format!(
             "plugins: {}\n",
@@ -314,6 +325,7 @@ impl Runtime {
             "models": self.models.iter().map(|m| json!({
                 "name": m.name,
                 "strategy": m.strategy.name(),
+                "residency": m.residency,
                 "targets": m.targets.iter().map(|t| json!({
                     "provider": t.provider.name, "model": t.model, "weight": t.weight,
                 })).collect::<Vec<_>>(),
@@ -460,6 +472,37 @@ pub fn build(
         Some(KeyTable { by_hash })
     };
 
+    let mut warnings = Vec::new();
+    for (i, model) in models.iter().enumerate() {
+        if let Some(residency) = &model.residency {
+            for (j, t) in model.targets.iter().enumerate() {
+                if !resident(t.provider.region.as_deref(), residency) {
+                    warnings.push(format!(
+                        "{file_name}: models[{i}].targets[{j}]: provider {:?} ({}) is outside the model's residency [{}]; it will never be used",
+                        t.provider.name,
+                        t.provider.region.as_deref().unwrap_or("no region"),
+                        residency.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    let mut ranges = Vec::new();
+    for (cidr, region) in file.geo.client_regions {
+        let net = cidr.parse::<ipnet::IpNet>().map_err(|_| {
+            cx.err(
+                format!("geo.client_regions.{cidr}"),
+                "expected an address range such as 10.1.0.0/16",
+            )
+        })?;
+        ranges.push((net, region));
+    }
+    let geo = Geo::new(
+        ranges,
+        file.geo.nearest.into_iter().collect(),
+        server.region.clone(),
+    );
+
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
     if file.plugins.access_log == Some(true) {
         plugins.push(Arc::new(AccessLog));
@@ -474,6 +517,8 @@ pub fn build(
         model_index,
         keys,
         plugins,
+        geo,
+        warnings,
     })
 }
 
@@ -901,9 +946,16 @@ fn build_model(
             ));
         }
     }
+    if s.residency.as_ref().is_some_and(|r| r.is_empty()) {
+        return Err(cx.err(
+            format!("{path}.residency"),
+            "needs at least one region (remove it to allow every region)",
+        ));
+    }
     Ok(Model {
         name: s.name,
         strategy,
+        residency: s.residency,
         context,
         weights: SmoothWeighted::new(targets.iter().map(|t| t.weight).collect()),
         targets,
@@ -959,6 +1011,7 @@ fn build_key(
             team: s.team,
             project: s.project,
             models: allowed,
+            residency: s.residency,
         },
     ))
 }

@@ -12,6 +12,7 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::{Operation, Provider};
 use crate::router::context;
+use crate::router::geo::resident;
 use crate::router::{estimated_costs, Pick, Planner, Strategy};
 use crate::tokens::PromptSize;
 use crate::upstream::Endpoint;
@@ -259,11 +260,38 @@ impl Gateway {
                     ctx.truncated = Some(dropped);
                 }
             }
-            let costs = match model.strategy {
+            // Residency is absolute: a target outside it is never tried, failover included.
+            for residency in [
+                model.residency.as_ref(),
+                key.as_ref().and_then(|k| k.residency.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (allowed, target) in allowed.iter_mut().zip(&model.targets) {
+                    *allowed &= resident(target.provider.region.as_deref(), residency);
+                }
+            }
+            let preference = match model.strategy {
                 Strategy::Cost => estimated_costs(model, prompt.as_ref()),
+                Strategy::Geo => {
+                    let header = session
+                        .get_header("x-tollgate-region")
+                        .and_then(|v| v.to_str().ok());
+                    let client = session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip());
+                    let region = rt.geo.client_region(header, client);
+                    model
+                        .targets
+                        .iter()
+                        .map(|t| rt.geo.distance(region, t.provider.region.as_deref()))
+                        .collect()
+                }
                 _ => Vec::new(),
             };
-            Planner::admitted(model, allowed, costs)
+            Planner::admitted(model, allowed, preference)
         };
         let mut failures: Vec<(String, Failure)> = Vec::new();
         while ctx.attempts < model.retry.attempts {

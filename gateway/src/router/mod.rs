@@ -7,6 +7,7 @@
 
 pub mod context;
 pub mod ewma;
+pub mod geo;
 pub mod weighted;
 
 use crate::config::runtime::{Model, Target};
@@ -29,15 +30,18 @@ pub enum Strategy {
     LeastLoaded,
     /// Cheapest by catalog prices × estimated tokens.
     Cost,
+    /// Nearest region to the client first.
+    Geo,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Fallback,
         Strategy::Weighted,
         Strategy::Latency,
         Strategy::LeastLoaded,
         Strategy::Cost,
+        Strategy::Geo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Strategy {
             Strategy::Latency => "latency",
             Strategy::LeastLoaded => "least-loaded",
             Strategy::Cost => "cost",
+            Strategy::Geo => "geo",
         }
     }
 
@@ -72,8 +77,8 @@ pub struct Planner<'m> {
     model: &'m Model,
     /// Per target: admitted for this request (context fit, rules, residency).
     allowed: Vec<bool>,
-    /// Per target: estimated cost of this request, for `strategy: cost`.
-    estimated_cost: Vec<f64>,
+    /// Per target, lower first: estimated cost (`strategy: cost`) or distance (`geo`).
+    preference: Vec<f64>,
     tried: Vec<Arc<Endpoint>>,
 }
 
@@ -98,13 +103,13 @@ impl<'m> Planner<'m> {
         Self::admitted(model, vec![true; model.targets.len()], Vec::new())
     }
 
-    /// A planner limited to the `allowed` targets; `estimated_cost` ranks them under
-    /// `strategy: cost`.
-    pub fn admitted(model: &'m Model, allowed: Vec<bool>, estimated_cost: Vec<f64>) -> Planner<'m> {
+    /// A planner limited to the `allowed` targets; `preference` ranks them (lower first) under
+    /// `strategy: cost` and `geo`.
+    pub fn admitted(model: &'m Model, allowed: Vec<bool>, preference: Vec<f64>) -> Planner<'m> {
         Planner {
             model,
             allowed,
-            estimated_cost,
+            preference,
             tried: Vec::new(),
         }
     }
@@ -164,10 +169,10 @@ impl<'m> Planner<'m> {
         let index = match self.model.strategy {
             Strategy::Fallback => (0..targets.len()).find(|&i| self.eligible(i, now)),
             Strategy::Weighted => self.model.weights.pick(|i| self.eligible(i, now)),
-            // Cheapest first; equal prices keep config order.
-            Strategy::Cost => (0..targets.len())
+            // Cheapest or nearest first; equals keep config order.
+            Strategy::Cost | Strategy::Geo => (0..targets.len())
                 .filter(|&i| self.eligible(i, now))
-                .min_by(|&a, &b| self.estimated_cost[a].total_cmp(&self.estimated_cost[b])),
+                .min_by(|&a, &b| self.preference[a].total_cmp(&self.preference[b])),
             Strategy::Latency | Strategy::LeastLoaded => {
                 let eligible: Vec<usize> = (0..targets.len())
                     .filter(|&i| self.eligible(i, now))
@@ -198,12 +203,17 @@ impl<'m> Planner<'m> {
 
     /// Why no endpoint of the model can serve now, for the 503 message.
     pub fn unavailable_summary(&self, now: Instant) -> String {
+        if !self.allowed.iter().any(|&a| a) {
+            return "no target lies within the request's residency".to_string();
+        }
         let (mut unhealthy, mut ejected, mut cooling) = (0, 0, 0);
         for endpoint in self
             .model
             .targets
             .iter()
-            .flat_map(|t| t.provider.pool.endpoints().to_vec())
+            .zip(&self.allowed)
+            .filter(|(_, &allowed)| allowed)
+            .flat_map(|(t, _)| t.provider.pool.endpoints().to_vec())
         {
             match endpoint.state.availability(now) {
                 Err(Unavailable::Unhealthy) => unhealthy += 1,
