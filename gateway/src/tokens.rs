@@ -73,6 +73,8 @@ pub struct PromptSize {
     fixed: u64,
     /// What the request asks to generate at most (0 when it does not say).
     pub requested_output: u64,
+    /// The text of the last user message (or the prompt), for rules that match on it.
+    last_user: Option<String>,
     exact: OnceCell<(Tokenizer, u64)>,
 }
 
@@ -84,8 +86,13 @@ impl PromptSize {
             .max_completion_tokens
             .or(parsed.max_tokens)
             .unwrap_or(0);
-        let (texts, fixed) = match (parsed.messages, parsed.prompt) {
+        let (texts, fixed, last_user) = match (parsed.messages, parsed.prompt) {
             (Some(messages), _) => {
+                let last_user = messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == "user")
+                    .map(|m| m.texts().collect::<Vec<_>>().join("\n"));
                 let texts = messages
                     .iter()
                     .flat_map(|m| m.texts().map(str::to_string))
@@ -95,18 +102,23 @@ impl PromptSize {
                     .map(|m| TOKENS_PER_MESSAGE + m.images() * TOKENS_PER_IMAGE)
                     .sum::<u64>()
                     + REPLY_PRIMING;
-                (texts, fixed)
+                (texts, fixed, last_user)
             }
-            (None, Some(Prompt::One(p))) => (vec![p], 0),
-            (None, Some(Prompt::Many(ps))) => (ps, 0),
+            (None, Some(Prompt::One(p))) => (vec![p.clone()], 0, Some(p)),
+            (None, Some(Prompt::Many(ps))) => (ps.clone(), 0, ps.last().cloned()),
             (None, None) => return None,
         };
         Some(PromptSize {
             texts,
             fixed,
             requested_output,
+            last_user,
             exact: OnceCell::new(),
         })
+    }
+
+    pub fn last_user(&self) -> Option<&str> {
+        self.last_user.as_deref()
     }
 
     /// An upper bound on the prompt's tokens: a BPE token covers at least one byte.

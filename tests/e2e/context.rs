@@ -116,3 +116,52 @@ async fn cost_strategy_picks_the_cheapest_target_that_fits() {
     let r = send(&gw, &prompt(20_000, 50)).await;
     assert_eq!(r.headers()["x-tollgate-provider"], "a");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_send_short_prompts_small_and_code_strong() {
+    let (small, strong) = (Mock::start(&[]), Mock::start(&[]));
+    let gw = Gateway::start(&format!(
+        "providers:\n{}{}models:\n  - name: m\n    targets: [{{ provider: small, model: llama-8b }}, {{ provider: strong, model: gpt-4o }}]\n    rules:\n      - {{ when: {{ header: {{ x-tier: premium }} }}, use: [strong] }}\n      - {{ when: {{ last_user_matches: \"(?i)\\\\b(code|rust|python)\\\\b\" }}, use: [gpt-4o] }}\n      - {{ when: {{ prompt_tokens_below: 200 }}, use: [small] }}\n",
+        provider("small", &small.url()),
+        provider("strong", &strong.url())
+    ))
+    .await;
+    let ask = |text: String, premium: bool| {
+        let mut req = reqwest::Client::new()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}));
+        if premium {
+            req = req.header("x-tier", "premium");
+        }
+        req.send()
+    };
+    let routed = |r: reqwest::Response| {
+        (
+            r.headers()["x-tollgate-provider"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+            r.headers()["x-tollgate-route"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    assert_eq!(
+        routed(ask("hi".into(), false).await.unwrap()),
+        ("small".into(), "fallback (rule 2)".into())
+    );
+    assert_eq!(
+        routed(ask("Write Rust code".into(), false).await.unwrap()),
+        ("strong".into(), "fallback (rule 1)".into())
+    );
+    assert_eq!(
+        routed(ask("hi".into(), true).await.unwrap()),
+        ("strong".into(), "fallback (rule 0)".into())
+    );
+    let long = "tell me a long story ".repeat(200);
+    assert_eq!(
+        routed(ask(long, false).await.unwrap()),
+        ("small".into(), "fallback".into())
+    );
+}

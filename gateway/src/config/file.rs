@@ -175,6 +175,30 @@ pub struct ModelSection {
     pub context: Option<String>,
     /// Regions this model's traffic may never leave, failover included.
     pub residency: Option<Vec<String>>,
+    /// The first rule whose conditions all hold limits the request to its targets.
+    #[serde(default)]
+    pub rules: Vec<RuleSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    pub when: ConditionSection,
+    /// Targets by provider name or upstream model name.
+    #[serde(rename = "use")]
+    pub use_targets: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionSection {
+    pub prompt_tokens_below: Option<u64>,
+    pub prompt_tokens_above: Option<u64>,
+    /// Request headers that must have exactly these values.
+    #[serde(default)]
+    pub header: std::collections::BTreeMap<String, String>,
+    /// A regular expression the last user message must match.
+    pub last_user_matches: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@ use crate::catalog::{Catalog, ModelFacts, Prices, Tokenizer};
 use crate::providers::{HealthCheck, Provider, ProviderKind, Timeouts};
 use crate::router::context::ContextPolicy;
 use crate::router::geo::{resident, Geo};
+use crate::router::rules::Rule;
 use crate::router::weighted::SmoothWeighted;
 use crate::router::Strategy;
 use crate::upstream::pool::Discovery;
@@ -64,6 +65,8 @@ pub struct Model {
     pub strategy: Strategy,
     /// Regions the model's traffic may never leave.
     pub residency: Option<Vec<String>>,
+    /// The first rule that matches limits a request to its targets.
+    pub rules: Vec<Rule>,
     /// What happens to prompts that do not fit a target's context window.
     pub context: Option<ContextPolicy>,
     pub targets: Vec<Target>,
@@ -952,9 +955,52 @@ fn build_model(
             "needs at least one region (remove it to allow every region)",
         ));
     }
+    let mut rules = Vec::new();
+    for (r, rule) in s.rules.into_iter().enumerate() {
+        let at = format!("{path}.rules[{r}]");
+        let mut chosen = vec![false; targets.len()];
+        for (u, name) in rule.use_targets.iter().enumerate() {
+            let mut found = false;
+            for (i, t) in targets.iter().enumerate() {
+                if t.provider.name == *name || t.model == *name {
+                    chosen[i] = true;
+                    found = true;
+                }
+            }
+            if !found {
+                return Err(cx.err(
+                    format!("{at}.use[{u}]"),
+                    format!("{name:?} names no target of this model (use a provider name or an upstream model)"),
+                ));
+            }
+        }
+        if !chosen.iter().any(|&c| c) {
+            return Err(cx.err(format!("{at}.use"), "needs at least one target"));
+        }
+        let w = rule.when;
+        let last_user_matches = w
+            .last_user_matches
+            .map(|re| {
+                regex::Regex::new(&re)
+                    .map_err(|e| cx.err(format!("{at}.when.last_user_matches"), e.to_string()))
+            })
+            .transpose()?;
+        rules.push(Rule {
+            prompt_tokens_below: w.prompt_tokens_below,
+            prompt_tokens_above: w.prompt_tokens_above,
+            headers: w
+                .header
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+            last_user_matches,
+            targets: chosen,
+        });
+    }
     Ok(Model {
         name: s.name,
         strategy,
+        rules,
         residency: s.residency,
         context,
         weights: SmoothWeighted::new(targets.iter().map(|t| t.weight).collect()),

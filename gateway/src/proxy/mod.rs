@@ -6,6 +6,7 @@ pub mod request;
 mod respond;
 mod upstream_call;
 
+use crate::catalog::Tokenizer;
 use crate::config::runtime::Key;
 use crate::config::Runtime;
 use crate::error::GatewayError;
@@ -24,6 +25,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use request::RequestHead;
 use serde_json::json;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_plugins::Settlement;
@@ -60,7 +62,7 @@ pub struct RequestCtx {
     provider: Option<String>,
     upstream_model: Option<String>,
     /// The strategy that chose the target, for `x-tollgate-route`.
-    route: &'static str,
+    route: Cow<'static, str>,
     /// Messages dropped by `context: truncate_middle`.
     truncated: Option<usize>,
     attempts: u32,
@@ -87,7 +89,7 @@ impl ProxyHttp for Gateway {
             model: None,
             provider: None,
             upstream_model: None,
-            route: "",
+            route: Cow::Borrowed(""),
             truncated: None,
             attempts: 0,
             upstream_wait: Duration::ZERO,
@@ -245,10 +247,12 @@ impl Gateway {
             }
         }
 
-        ctx.route = model.strategy.name();
+        ctx.route = model.strategy.name().into();
         let mut planner = {
             // Prompt size matters only to some policies; most requests never parse it.
-            let needs_prompt = model.context.is_some() || model.strategy == Strategy::Cost;
+            let needs_prompt = model.context.is_some()
+                || model.strategy == Strategy::Cost
+                || model.rules.iter().any(|r| r.needs_prompt());
             let prompt = needs_prompt.then(|| PromptSize::from_body(&body)).flatten();
             let mut allowed = vec![true; model.targets.len()];
             if let (Some(policy), Some(prompt)) = (model.context, &prompt) {
@@ -259,6 +263,17 @@ impl Gateway {
                     head = RequestHead::parse(&body)?;
                     ctx.truncated = Some(dropped);
                 }
+            }
+            let tokenizer = model.targets[0]
+                .facts
+                .map_or(Tokenizer::Cl100k, |f| f.tokenizer);
+            if let Some((i, rule)) = model.rules.iter().enumerate().find(|(_, rule)| {
+                rule.matches(&session.req_header().headers, prompt.as_ref(), tokenizer)
+            }) {
+                for (allowed, chosen) in allowed.iter_mut().zip(&rule.targets) {
+                    *allowed &= chosen;
+                }
+                ctx.route = format!("{} (rule {i})", model.strategy).into();
             }
             // Residency is absolute: a target outside it is never tried, failover included.
             for residency in [

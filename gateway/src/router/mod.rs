@@ -8,6 +8,7 @@
 pub mod context;
 pub mod ewma;
 pub mod geo;
+pub mod rules;
 pub mod weighted;
 
 use crate::config::runtime::{Model, Target};
@@ -105,7 +106,9 @@ impl<'m> Planner<'m> {
 
     /// A planner limited to the `allowed` targets; `preference` ranks them (lower first) under
     /// `strategy: cost` and `geo`.
-    pub fn admitted(model: &'m Model, allowed: Vec<bool>, preference: Vec<f64>) -> Planner<'m> {
+    pub fn admitted(model: &'m Model, allowed: Vec<bool>, mut preference: Vec<f64>) -> Planner<'m> {
+        // Without a ranking every target is as good as the next (config order decides).
+        preference.resize(model.targets.len(), 0.0);
         Planner {
             model,
             allowed,
@@ -188,10 +191,12 @@ impl<'m> Planner<'m> {
                         }
                         _ => eligible[a],
                     }),
-                    Measure::InFlight => eligible.into_iter().min_by(|&a, &b| {
-                        self.target_measure(&targets[a], now, measure)
-                            .total_cmp(&self.target_measure(&targets[b], now, measure))
-                    }),
+                    // Each target measured once: a full scan, not a pairwise one.
+                    Measure::InFlight => eligible
+                        .into_iter()
+                        .map(|i| (i, self.target_measure(&targets[i], now, measure)))
+                        .min_by(|a, b| a.1.total_cmp(&b.1))
+                        .map(|(i, _)| i),
                 }
             }
         }?;
