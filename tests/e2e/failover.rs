@@ -171,3 +171,26 @@ async fn a_provider_refusing_our_credential_fails_over_and_is_never_relayed() {
     );
     assert!(!message.contains("sk-"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_that_stalls_before_its_first_token_fails_over() {
+    // Headers at once, then nothing for 3 s: without a first token nothing is committed.
+    let stalled = Mock::start(&["--ttft-ms", "3000"]);
+    let good = Mock::start(&[]);
+    let gw = Gateway::start(&format!(
+        "providers:\n  - {{ name: first, kind: openai, base_url: \"{}\", timeouts: {{ first_token: 300ms }} }}\n{}models:\n  - name: m\n    targets: [{{ provider: first, model: a }}, {{ provider: second, model: b }}]\n",
+        stalled.url(),
+        provider("second", &good.url())
+    ))
+    .await;
+    let r = gw.chat("m", true).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tollgate-attempts"], "2");
+    assert_eq!(r.headers()["x-tollgate-provider"], "second");
+    let text = r.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(gw
+        .metrics()
+        .await
+        .contains("tollgate_upstream_errors_total{kind=\"timeout\",provider=\"first\"} 1"));
+}

@@ -1,21 +1,18 @@
 //! The data plane: Pingora's `ProxyHttp` with every AI request answered from
 //! `request_filter` (admit → plan → attempt → relay), and metrics settled in `logging`.
 
+mod admission;
 mod relay;
 pub mod request;
 mod respond;
 mod upstream_call;
 
-use crate::catalog::Tokenizer;
-use crate::config::runtime::Key;
+use crate::config::runtime::{Key, Model, Target};
 use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::{Operation, Provider};
-use crate::router::context;
-use crate::router::geo::resident;
-use crate::router::{estimated_costs, Pick, Planner, Strategy};
-use crate::tokens::PromptSize;
+use crate::router::Pick;
 use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -30,6 +27,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_plugins::Settlement;
 use upstream_call::{retry_after, Call, Failure};
+
+/// What stays the same across a request's attempts.
+#[derive(Clone, Copy)]
+struct Exchange<'a> {
+    model: &'a Model,
+    head: &'a RequestHead,
+    body: &'a Bytes,
+    op: Operation,
+}
+
+/// How one upstream attempt ended.
+enum Attempt {
+    /// A response was relayed (or failed mid-relay): the request is over.
+    Done(std::result::Result<(), GatewayError>),
+    /// Nothing reached the client; the next attempt may follow.
+    Failed(Failure),
+}
 
 pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
@@ -235,7 +249,7 @@ impl Gateway {
         key: Option<Arc<Key>>,
         op: Operation,
     ) -> std::result::Result<(), GatewayError> {
-        let mut body = read_body(session, rt.server.max_body_bytes).await?;
+        let body = read_body(session, rt.server.max_body_bytes).await?;
         let mut head = RequestHead::parse(&body)?;
         ctx.model = Some(head.model.clone());
         let model = rt
@@ -247,66 +261,19 @@ impl Gateway {
             }
         }
 
-        ctx.route = model.strategy.name().into();
-        let mut planner = {
-            // Prompt size matters only to some policies; most requests never parse it.
-            let needs_prompt = model.context.is_some()
-                || model.strategy == Strategy::Cost
-                || model.rules.iter().any(|r| r.needs_prompt());
-            let prompt = needs_prompt.then(|| PromptSize::from_body(&body)).flatten();
-            let mut allowed = vec![true; model.targets.len()];
-            if let (Some(policy), Some(prompt)) = (model.context, &prompt) {
-                let outcome = context::apply(policy, model, prompt, &body)?;
-                allowed = outcome.allowed;
-                if let Some((shorter, dropped)) = outcome.truncated {
-                    body = shorter;
-                    head = RequestHead::parse(&body)?;
-                    ctx.truncated = Some(dropped);
-                }
-            }
-            let tokenizer = model.targets[0]
-                .facts
-                .map_or(Tokenizer::Cl100k, |f| f.tokenizer);
-            if let Some((i, rule)) = model.rules.iter().enumerate().find(|(_, rule)| {
-                rule.matches(&session.req_header().headers, prompt.as_ref(), tokenizer)
-            }) {
-                for (allowed, chosen) in allowed.iter_mut().zip(&rule.targets) {
-                    *allowed &= chosen;
-                }
-                ctx.route = format!("{} (rule {i})", model.strategy).into();
-            }
-            // Residency is absolute: a target outside it is never tried, failover included.
-            for residency in [
-                model.residency.as_ref(),
-                key.as_ref().and_then(|k| k.residency.as_ref()),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                for (allowed, target) in allowed.iter_mut().zip(&model.targets) {
-                    *allowed &= resident(target.provider.region.as_deref(), residency);
-                }
-            }
-            let preference = match model.strategy {
-                Strategy::Cost => estimated_costs(model, prompt.as_ref()),
-                Strategy::Geo => {
-                    let header = session
-                        .get_header("x-tollgate-region")
-                        .and_then(|v| v.to_str().ok());
-                    let client = session
-                        .client_addr()
-                        .and_then(|a| a.as_inet())
-                        .map(|a| a.ip());
-                    let region = rt.geo.client_region(header, client);
-                    model
-                        .targets
-                        .iter()
-                        .map(|t| rt.geo.distance(region, t.provider.region.as_deref()))
-                        .collect()
-                }
-                _ => Vec::new(),
-            };
-            Planner::admitted(model, allowed, preference)
+        let admitted = admission::admit(session, rt, model, key.as_deref(), body)?;
+        let body = admitted.body;
+        if admitted.truncated.is_some() {
+            head = RequestHead::parse(&body)?;
+        }
+        ctx.route = admitted.route;
+        ctx.truncated = admitted.truncated;
+        let mut planner = admitted.planner;
+        let exchange = Exchange {
+            model,
+            head: &head,
+            body: &body,
+            op,
         };
         let mut failures: Vec<(String, Failure)> = Vec::new();
         while ctx.attempts < model.retry.attempts {
@@ -328,74 +295,12 @@ impl Gateway {
                 }
             }
             ctx.attempts += 1;
-            let state = &endpoint.state;
-            let _in_flight = state.begin();
-            let call = Call {
-                op,
-                body: head.body_for(&body, &target.model),
-                upstream_model: &target.model,
-                deadline: Instant::now() + target.provider.timeouts.total,
-            };
-            let attempt_started = Instant::now();
-            let result =
-                upstream_call::send(&self.connector, &target.provider, &endpoint, &call).await;
-            let failure = match result {
-                Ok(response) => {
-                    ctx.upstream_wait += response.waited;
-                    let status = response.header().status.as_u16();
-                    if status >= 500 {
-                        self.record_failure(&target.provider, &endpoint);
-                    }
-                    // A provider refusing the gateway's own credential is never the client's
-                    // business, and its message may quote part of that credential.
-                    let credential_refused = status == 401 || status == 403;
-                    if !credential_refused && !model.retry.on.status(status) {
-                        if status < 500 {
-                            state.record_success();
-                        }
-                        ctx.provider = Some(target.provider.name.clone());
-                        ctx.upstream_model = Some(target.model.clone());
-                        // Latency is time to first token: the header for a completion, the
-                        // first chunk for a stream.
-                        let first_chunk_probe = if head.stream {
-                            Some((&state.latency, attempt_started))
-                        } else {
-                            state.latency.observe(response.waited);
-                            None
-                        };
-                        return relay::relay(
-                            session,
-                            ctx,
-                            &self.connector,
-                            response,
-                            relay::Limits {
-                                deadline: call.deadline,
-                                idle: target.provider.timeouts.idle,
-                            },
-                            head.stream,
-                            first_chunk_probe,
-                        )
-                        .await;
-                    }
-                    if status == 429 || status == 503 {
-                        if let Some(wait) = retry_after(response.header(), SystemTime::now()) {
-                            state.cool_down(Instant::now(), wait);
-                            log::info!(
-                                "{} ({}) asked to retry after {wait:?}: cooling it down",
-                                target.provider.name,
-                                endpoint.label
-                            );
-                        }
-                    }
-                    let mut response = response;
-                    response.session.shutdown().await;
-                    Failure::Status(status)
-                }
-                Err(failure) => {
-                    ctx.upstream_wait += attempt_started.elapsed();
-                    self.record_failure(&target.provider, &endpoint);
-                    failure
-                }
+            let failure = match self
+                .attempt(session, ctx, &exchange, target, &endpoint)
+                .await
+            {
+                Attempt::Done(result) => return result,
+                Attempt::Failed(failure) => failure,
             };
             log::warn!(
                 "request {} model {} attempt {}: {} ({}) {}",
@@ -423,6 +328,121 @@ impl Gateway {
             });
         }
         Err(all_failed(&failures))
+    }
+
+    /// One attempt at `target` through `endpoint`: relayed (the request is done, well or not),
+    /// or failed in a way the next attempt may follow.
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        request: &Exchange<'_>,
+        target: &Target,
+        endpoint: &Endpoint,
+    ) -> Attempt {
+        let Exchange {
+            model,
+            head,
+            body,
+            op,
+        } = *request;
+        let state = &endpoint.state;
+        let _in_flight = state.begin();
+        let call = Call {
+            op,
+            body: head.body_for(body, &target.model),
+            upstream_model: &target.model,
+            deadline: Instant::now() + target.provider.timeouts.total,
+        };
+        let attempt_started = Instant::now();
+        let result = upstream_call::send(&self.connector, &target.provider, endpoint, &call).await;
+        let failure = match result {
+            Ok(response) => {
+                ctx.upstream_wait += response.waited;
+                let status = response.header().status.as_u16();
+                if status >= 500 {
+                    self.record_failure(&target.provider, endpoint);
+                }
+                // A provider refusing the gateway's own credential is never the client's
+                // business, and its message may quote part of that credential.
+                let credential_refused = status == 401 || status == 403;
+                if !credential_refused && !model.retry.on.status(status) {
+                    let mut response = response;
+                    // Latency is time to first token: the header for a completion, the
+                    // first chunk for a stream. A stream commits on its first token, so a
+                    // server that stalls after its header still fails over.
+                    let first_chunk = if head.stream && status == 200 {
+                        let wait = target
+                            .provider
+                            .timeouts
+                            .first_token
+                            .saturating_sub(attempt_started.elapsed());
+                        let waiting = Instant::now();
+                        let first =
+                            pingora::time::timeout(wait, response.session.read_response_body())
+                                .await;
+                        ctx.upstream_wait += waiting.elapsed();
+                        match first {
+                            Ok(Ok(chunk)) => Ok(chunk),
+                            Ok(Err(e)) => Err(Failure::Reset(e.etype().as_str().to_lowercase())),
+                            Err(_) => Err(Failure::Timeout("no first token in time".into())),
+                        }
+                    } else {
+                        Ok(None)
+                    };
+                    match first_chunk {
+                        Ok(first_chunk) => {
+                            state.latency.observe(attempt_started.elapsed());
+                            if status < 500 {
+                                state.record_success();
+                            }
+                            ctx.provider = Some(target.provider.name.clone());
+                            ctx.upstream_model = Some(target.model.clone());
+                            return Attempt::Done(
+                                relay::relay(
+                                    session,
+                                    ctx,
+                                    &self.connector,
+                                    response,
+                                    relay::Limits {
+                                        deadline: call.deadline,
+                                        idle: target.provider.timeouts.idle,
+                                    },
+                                    head.stream,
+                                    first_chunk,
+                                )
+                                .await,
+                            );
+                        }
+                        Err(failure) => {
+                            response.session.shutdown().await;
+                            self.record_failure(&target.provider, endpoint);
+                            failure
+                        }
+                    }
+                } else {
+                    if status == 429 || status == 503 {
+                        if let Some(wait) = retry_after(response.header(), SystemTime::now()) {
+                            state.cool_down(Instant::now(), wait);
+                            log::info!(
+                                "{} ({}) asked to retry after {wait:?}: cooling it down",
+                                target.provider.name,
+                                endpoint.label
+                            );
+                        }
+                    }
+                    let mut response = response;
+                    response.session.shutdown().await;
+                    Failure::Status(status)
+                }
+            }
+            Err(failure) => {
+                ctx.upstream_wait += attempt_started.elapsed();
+                self.record_failure(&target.provider, endpoint);
+                failure
+            }
+        };
+        Attempt::Failed(failure)
     }
 
     /// Counts a failure against the endpoint, ejecting it after too many in a row.

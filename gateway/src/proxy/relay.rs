@@ -5,7 +5,6 @@
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
-use crate::router::ewma::PeakEwma;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
@@ -41,7 +40,7 @@ pub struct Limits {
     pub idle: Duration,
 }
 
-/// `first_chunk_probe`: where to record the time to the first chunk (a stream's first token).
+/// `first_chunk`: body already read from the upstream (a stream's first token).
 pub async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -49,7 +48,7 @@ pub async fn relay(
     mut upstream: UpstreamResponse,
     limits: Limits,
     client_streaming: bool,
-    mut first_chunk_probe: Option<(&PeakEwma, Instant)>,
+    mut first_chunk: Option<Bytes>,
 ) -> Result<(), GatewayError> {
     let Limits { deadline, idle } = limits;
     let header = upstream.header();
@@ -101,7 +100,9 @@ pub async fn relay(
     loop {
         let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
         let read_started = Instant::now();
-        let next = tokio::select! {
+        let next = match first_chunk.take() {
+            Some(chunk) => Ok(Ok(Some(chunk))),
+            None => tokio::select! {
             // Upstream first: when data is already there, the client probe costs nothing.
             biased;
             read = pingora::time::timeout(wait, upstream.session.read_response_body()) => read,
@@ -110,13 +111,11 @@ pub async fn relay(
                 upstream.session.shutdown().await;
                 return Err(GatewayError::ClientGone);
             }
+            },
         };
         ctx.upstream_wait += read_started.elapsed();
         let (data, after) = match next {
             Ok(Ok(Some(chunk))) => {
-                if let Some((latency, started)) = first_chunk_probe.take() {
-                    latency.observe(started.elapsed());
-                }
                 let (data, after) = take_ready(&mut upstream.session, chunk).await;
                 (Some(data), after)
             }

@@ -1,0 +1,104 @@
+//! Admission: what a request may use before the first attempt. The context policy (which may
+//! shorten the body), the model's rules, residency, and the strategy's ranking narrow the
+//! model's targets into a `Planner`.
+
+use crate::catalog::Tokenizer;
+use crate::config::runtime::{Key, Model};
+use crate::config::Runtime;
+use crate::error::GatewayError;
+use crate::router::geo::resident;
+use crate::router::{context, estimated_costs, Planner, Strategy};
+use crate::tokens::PromptSize;
+use bytes::Bytes;
+use pingora::proxy::Session;
+use std::borrow::Cow;
+
+pub struct Admitted<'m> {
+    pub planner: Planner<'m>,
+    /// The body to send: the client's, or shortened by `truncate_middle`.
+    pub body: Bytes,
+    /// Messages dropped by `truncate_middle`.
+    pub truncated: Option<usize>,
+    /// What chose the targets, for `x-tollgate-route`.
+    pub route: Cow<'static, str>,
+}
+
+pub fn admit<'m>(
+    session: &Session,
+    rt: &Runtime,
+    model: &'m Model,
+    key: Option<&Key>,
+    mut body: Bytes,
+) -> Result<Admitted<'m>, GatewayError> {
+    // Prompt size matters only to some policies; most requests never parse it.
+    let needs_prompt = model.context.is_some()
+        || model.strategy == Strategy::Cost
+        || model.rules.iter().any(|r| r.needs_prompt());
+    let prompt = needs_prompt.then(|| PromptSize::from_body(&body)).flatten();
+    let mut allowed = vec![true; model.targets.len()];
+    let mut truncated = None;
+    if let (Some(policy), Some(prompt)) = (model.context, &prompt) {
+        let outcome = context::apply(policy, model, prompt, &body)?;
+        allowed = outcome.allowed;
+        if let Some((shorter, dropped)) = outcome.truncated {
+            body = shorter;
+            truncated = Some(dropped);
+        }
+    }
+
+    let mut route: Cow<'static, str> = model.strategy.name().into();
+    let tokenizer = model.targets[0]
+        .facts
+        .map_or(Tokenizer::Cl100k, |f| f.tokenizer);
+    let headers = &session.req_header().headers;
+    if let Some((i, rule)) = model
+        .rules
+        .iter()
+        .enumerate()
+        .find(|(_, rule)| rule.matches(headers, prompt.as_ref(), tokenizer))
+    {
+        for (allowed, chosen) in allowed.iter_mut().zip(&rule.targets) {
+            *allowed &= chosen;
+        }
+        route = format!("{} (rule {i})", model.strategy).into();
+    }
+
+    // Residency is absolute: a target outside it is never tried, failover included.
+    for residency in [
+        model.residency.as_ref(),
+        key.and_then(|k| k.residency.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        for (allowed, target) in allowed.iter_mut().zip(&model.targets) {
+            *allowed &= resident(target.provider.region.as_deref(), residency);
+        }
+    }
+
+    let preference = match model.strategy {
+        Strategy::Cost => estimated_costs(model, prompt.as_ref()),
+        Strategy::Geo => {
+            let header = session
+                .get_header("x-tollgate-region")
+                .and_then(|v| v.to_str().ok());
+            let client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let region = rt.geo.client_region(header, client);
+            model
+                .targets
+                .iter()
+                .map(|t| rt.geo.distance(region, t.provider.region.as_deref()))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok(Admitted {
+        planner: Planner::admitted(model, allowed, preference),
+        body,
+        truncated,
+        route,
+    })
+}
