@@ -421,4 +421,80 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 1500), "{seen:?}");
     }
+
+    fn runtime_from(text: &str) -> Runtime {
+        let file = crate::config::parse("t.yaml", text, &|_| None).unwrap();
+        match crate::config::runtime::build("t.yaml", Path::new("t.yaml"), file, None) {
+            Ok(rt) => rt,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    const TWO_SIZES: &str = "providers:\n  - { name: a, kind: vllm, base_url: \"http://127.0.0.1:1\" }\n  - { name: b, kind: vllm, base_url: \"http://127.0.0.1:2\" }\nmodels:\n  - name: m\n    strategy: cost\n    targets: [{ provider: a, model: small }, { provider: b, model: big }]\ncatalog:\n  small: { context_window: 1000, price_per_mtok: { input: 1.0, output: 2.0 } }\n  big: { context_window: 100000, price_per_mtok: { input: 0.5, output: 1.0 } }\n";
+
+    fn prompt(words: usize) -> (PromptSize, bytes::Bytes) {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "model": "m",
+            "max_tokens": 10,
+            "messages": [{"role": "user", "content": "word ".repeat(words)}],
+        }))
+        .unwrap();
+        (
+            PromptSize::from_body(&body).unwrap(),
+            bytes::Bytes::from(body),
+        )
+    }
+
+    #[test]
+    fn each_context_policy() {
+        use context::{apply, ContextPolicy};
+        let rt = runtime_from(TWO_SIZES);
+        let model = rt.model("m").unwrap();
+        let (long, body) = prompt(5_000);
+        let overflow = apply(ContextPolicy::OverflowToLarger, model, &long, &body).unwrap();
+        assert_eq!(overflow.allowed, [false, true]);
+        assert!(overflow.truncated.is_none());
+        let reject = apply(ContextPolicy::Reject, model, &long, &body)
+            .err()
+            .unwrap();
+        assert_eq!(reject.status(), 400);
+        assert!(
+            reject
+                .to_string()
+                .contains("maximum context length is 1000"),
+            "{reject}"
+        );
+        // One message cannot be truncated below itself.
+        let truncate = apply(ContextPolicy::TruncateMiddle, model, &long, &body)
+            .err()
+            .unwrap();
+        assert_eq!(truncate.status(), 400);
+        let (short, body) = prompt(10);
+        let fits = apply(ContextPolicy::Reject, model, &short, &body).unwrap();
+        assert_eq!(fits.allowed, [true, true]);
+        let (huge, body) = prompt(200_000);
+        assert!(apply(ContextPolicy::OverflowToLarger, model, &huge, &body).is_err());
+    }
+
+    #[test]
+    fn cost_picks_the_cheapest_admitted_target() {
+        let rt = runtime_from(TWO_SIZES);
+        let model = rt.model("m").unwrap();
+        let (p, _) = prompt(100);
+        let costs = estimated_costs(model, Some(&p));
+        assert!(costs[1] < costs[0], "{costs:?}");
+        // ~100 tokens in at 1.0 and 10 out at 2.0 per million.
+        assert!((costs[0] - (p.estimate() as f64 * 1.0 + 10.0 * 2.0) / 1e6).abs() < 1e-12);
+        let now = Instant::now();
+        let pick = Planner::admitted(model, vec![true, true], costs.clone())
+            .next(now)
+            .unwrap();
+        assert_eq!(pick.target.provider.name, "b");
+        let pick = Planner::admitted(model, vec![true, false], costs)
+            .next(now)
+            .unwrap();
+        assert_eq!(pick.target.provider.name, "a", "only what admission allows");
+        // A planner built without a ranking does not panic under `cost`.
+        assert!(Planner::new(model).next(now).is_some());
+    }
 }
