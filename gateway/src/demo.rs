@@ -62,6 +62,7 @@ providers:
   - name: llama-gpu
     kind: vllm
     endpoints: ["{gpu0}", "{gpu1}"]
+    health_check: {{ path: /health, every: 2s }}
 models:
   - name: gpt-4o-mini
     targets: [{{ provider: openai-mock, model: gpt-4o-mini }}]
@@ -123,6 +124,6 @@ fn instructions(args: &DemoArgs, config_path: &str) -> String {
         out,
         "  # embeddings\n  curl -s {gw}/v1/embeddings -H 'content-type: application/json' -d '{{\"model\":\"text-embedding-3-small\",\"input\":\"hello\"}}'\n"
     );
-    let _ = writeln!(out, "  # models, metrics, running config\n  curl -s {gw}/v1/models\n  curl -s {admin}/metrics | grep tollgate_\n  curl -s {admin}/admin/config");
+    let _ = writeln!(out, "  # models, metrics, what the router knows, running config\n  curl -s {gw}/v1/models\n  curl -s {admin}/metrics | grep tollgate_\n  curl -s {admin}/admin/providers\n  curl -s {admin}/admin/config");
     out
 }

@@ -187,6 +187,7 @@ async fn demo_answers_its_own_curl_lines() {
     );
     assert!(all.contains("\"embedding\""));
     assert!(all.contains("tollgate_requests_total"));
+    assert!(all.contains("\"ewma_ms\""), "the router's view is printed");
     assert!(
         !all.contains("sk-demo-upstream"),
         "the demo's upstream key stays hidden"
