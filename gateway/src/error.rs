@@ -158,7 +158,7 @@ impl fmt::Display for GatewayError {
             } => write!(
                 f,
                 "This model's maximum context length is {window} tokens. However, you requested {} tokens ({prompt} in the messages, {output} in the completion). Please reduce the length of the messages or completion.",
-                prompt + output
+                prompt.saturating_add(*output)
             ),
             GatewayError::NoEligibleTarget { model, why } => write!(
                 f,

@@ -145,8 +145,8 @@ impl PromptSize {
 
     /// Whether prompt + requested output fit `window`; counts only when the bound cannot tell.
     pub fn fits(&self, window: u64, tokenizer: Tokenizer) -> bool {
-        self.bound() + self.requested_output <= window
-            || self.exact(tokenizer) + self.requested_output <= window
+        self.bound().saturating_add(self.requested_output) <= window
+            || self.exact(tokenizer).saturating_add(self.requested_output) <= window
     }
 }
 
@@ -201,6 +201,16 @@ mod tests {
         assert!(!p.fits(8_000, Tokenizer::O200k));
         assert!(p.exact.get().is_some());
         assert!(p.fits(32_000, Tokenizer::O200k));
+    }
+
+    #[test]
+    fn absurd_output_caps_do_not_overflow() {
+        let body = format!(
+            r#"{{"model":"m","max_tokens":{},"messages":[{{"role":"user","content":"hi"}}]}}"#,
+            u64::MAX
+        );
+        let p = PromptSize::from_body(body.as_bytes()).unwrap();
+        assert!(!p.fits(u64::MAX - 1, Tokenizer::O200k));
     }
 
     #[test]

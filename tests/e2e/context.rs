@@ -104,7 +104,7 @@ async fn truncate_middle_drops_old_turns_and_says_so() {
 async fn cost_strategy_picks_the_cheapest_target_that_fits() {
     let (a, b) = (Mock::start(&[]), Mock::start(&[]));
     let gw = Gateway::start(&format!(
-        "providers:\n{}{}models:\n  - name: m\n    strategy: cost\n    context: overflow_to_larger\n    targets:\n      - {{ provider: a, model: gpt-4o }}\n      - {{ provider: b, model: cheap-8k }}\ncatalog:\n  cheap-8k: {{ context_window: 8000, price_per_mtok: {{ input: 0.1, output: 0.2 }} }}\n",
+        "providers:\n{}{}models:\n  - name: m\n    strategy: cost\n    targets:\n      - {{ provider: a, model: gpt-4o }}\n      - {{ provider: b, model: cheap-8k }}\ncatalog:\n  cheap-8k: {{ context_window: 8000, price_per_mtok: {{ input: 0.1, output: 0.2 }} }}\n",
         provider("a", &a.url()),
         provider("b", &b.url())
     ))

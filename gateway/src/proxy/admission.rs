@@ -6,8 +6,9 @@ use crate::catalog::Tokenizer;
 use crate::config::runtime::{Key, Model};
 use crate::config::Runtime;
 use crate::error::GatewayError;
+use crate::router::context::{self, ContextPolicy};
 use crate::router::geo::resident;
-use crate::router::{context, estimated_costs, Planner, Strategy};
+use crate::router::{estimated_costs, Planner, Strategy};
 use crate::tokens::PromptSize;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -37,7 +38,12 @@ pub fn admit<'m>(
     let prompt = needs_prompt.then(|| PromptSize::from_body(&body)).flatten();
     let mut allowed = vec![true; model.targets.len()];
     let mut truncated = None;
-    if let (Some(policy), Some(prompt)) = (model.context, &prompt) {
+    // `cost` means the cheapest target that fits, even without a context policy.
+    let policy = match (model.context, model.strategy) {
+        (None, Strategy::Cost) => Some(ContextPolicy::OverflowToLarger),
+        (policy, _) => policy,
+    };
+    if let (Some(policy), Some(prompt)) = (policy, &prompt) {
         let outcome = context::apply(policy, model, prompt, &body)?;
         allowed = outcome.allowed;
         if let Some((shorter, dropped)) = outcome.truncated {

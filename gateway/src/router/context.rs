@@ -40,16 +40,15 @@ pub struct ContextOutcome {
     pub truncated: Option<(Bytes, usize)>,
 }
 
-/// (window, tokenizer) per target; the model's validation guarantees every window is known.
+/// (window, tokenizer) per target. Context policies are validated to know every window; under
+/// `strategy: cost` a target with no known window is taken to fit anything.
 fn windows(model: &Model) -> Vec<(u64, Tokenizer)> {
     model
         .targets
         .iter()
-        .map(|t| {
-            let facts = t
-                .facts
-                .expect("validated: context policies need catalog facts");
-            (facts.context_window.expect("validated"), facts.tokenizer)
+        .map(|t| match t.facts {
+            Some(facts) => (facts.context_window.unwrap_or(u64::MAX), facts.tokenizer),
+            None => (u64::MAX, Tokenizer::Cl100k),
         })
         .collect()
 }
@@ -153,7 +152,7 @@ pub fn truncate_middle(
     let last = messages.len().saturating_sub(1);
     let mut drop = vec![false; messages.len()];
     let mut i = 0;
-    while total + output > window && i < last {
+    while total.saturating_add(output) > window && i < last {
         if messages[i]["role"] != "system" && !drop[i] {
             drop[i] = true;
             total -= counts[i];
@@ -166,7 +165,7 @@ pub fn truncate_middle(
         }
         i += 1;
     }
-    if total + output > window {
+    if total.saturating_add(output) > window {
         return Err(exceeded(window, total, output));
     }
     let dropped = drop.iter().filter(|&&d| d).count();
