@@ -1,7 +1,10 @@
 //! Provider kinds and their adapters: pure functions from the client's request to the
 //! upstream's wire format.
 
+pub mod anthropic;
+pub mod chat;
 pub mod openai_compat;
+pub mod openai_format;
 
 use crate::config::secret::Secret;
 use crate::upstream::state::OutlierPolicy;
