@@ -97,8 +97,8 @@ pub(crate) fn empty(status: StatusCode) -> MockResponse {
     resp
 }
 
-pub(crate) fn event_stream(body: EventBody) -> MockResponse {
-    let mut resp = with_type(StatusCode::OK, "text/event-stream", Either::Right(body));
+pub(crate) fn event_stream(body: EventBody, content_type: &'static str) -> MockResponse {
+    let mut resp = with_type(StatusCode::OK, content_type, Either::Right(body));
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
@@ -106,10 +106,31 @@ pub(crate) fn event_stream(body: EventBody) -> MockResponse {
 
 /// One server-sent event carrying `value` as JSON.
 pub(crate) fn sse_json<T: Serialize>(value: &T) -> Bytes {
+    sse_event(None, value, "\n")
+}
+
+/// An event with an `event:` name line, as Anthropic sends them.
+pub(crate) fn sse_named<T: Serialize>(name: &str, value: &T) -> Bytes {
+    sse_event(Some(name), value, "\n")
+}
+
+/// An event framed with CRLF line ends, as Gemini (Vertex AI) sends them.
+pub(crate) fn sse_json_crlf<T: Serialize>(value: &T) -> Bytes {
+    sse_event(None, value, "\r\n")
+}
+
+fn sse_event<T: Serialize>(name: Option<&str>, value: &T, eol: &str) -> Bytes {
     let mut buf = Vec::with_capacity(256);
+    if let Some(name) = name {
+        buf.extend_from_slice(b"event: ");
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(eol.as_bytes());
+    }
     buf.extend_from_slice(b"data: ");
     serde_json::to_writer(&mut buf, value).expect("mock chunks always serialize");
-    buf.extend_from_slice(b"\n\n");
+    // A blank line ends the event.
+    buf.extend_from_slice(eol.as_bytes());
+    buf.extend_from_slice(eol.as_bytes());
     buf.into()
 }
 
@@ -125,6 +146,10 @@ mod tests {
     fn sse_framing() {
         let event = sse_json(&serde_json::json!({"a": [1, null]}));
         assert_eq!(&event[..], b"data: {\"a\":[1,null]}\n\n");
+        let named = sse_named("ping", &serde_json::json!({"type": "ping"}));
+        assert_eq!(&named[..], b"event: ping\ndata: {\"type\":\"ping\"}\n\n");
+        let crlf = sse_json_crlf(&serde_json::json!([]));
+        assert_eq!(&crlf[..], b"data: []\r\n\r\n");
     }
 
     #[tokio::test]

@@ -39,19 +39,25 @@ pub struct MockArgs {
     /// Retry-after of injected 429 and 503 errors, in seconds.
     #[arg(long = "retry-after", value_name = "SECS", default_value_t = 1)]
     pub retry_after_secs: u64,
-    /// Start failing health checks (GET /health and GET /v1/models answer 503).
+    /// Start failing health checks (GET /health, GET /v1/models and
+    /// GET /v2/health/ready answer 503).
     #[arg(long)]
     pub unhealthy: bool,
     /// Abort the connection after this many stream data chunks.
     #[arg(long)]
     pub drop_after_chunks: Option<u32>,
-    /// Require this API key.
+    /// After this many stream events, send an in-stream error event and end
+    /// the stream (Anthropic and Triton kinds).
+    #[arg(long)]
+    pub error_event_after_chunks: Option<u32>,
+    /// Require this API key, where the kind carries it (Bearer, api-key on
+    /// Azure paths, x-api-key, x-goog-api-key or ?key=).
     #[arg(long)]
     pub api_key: Option<String>,
     /// Models served by GET /v1/models, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_MODEL)]
     pub models: Vec<String>,
-    /// Value reported as vllm:num_requests_waiting.
+    /// Value reported as vllm:num_requests_waiting (and added to Triton's pending count).
     #[arg(long, default_value_t = 0)]
     pub waiting: u32,
     /// Do not record requests for GET /mock/requests.
@@ -76,6 +82,7 @@ impl MockArgs {
             retry_after_secs: self.retry_after_secs,
             healthy: !self.unhealthy,
             drop_after_chunks: self.drop_after_chunks,
+            error_event_after_chunks: self.error_event_after_chunks,
             api_key: self.api_key,
             models: self.models,
             waiting: self.waiting,
@@ -149,6 +156,8 @@ mod tests {
         let cfg = parse(&[
             "--kind",
             "vllm",
+            "--error-event-after-chunks",
+            "4",
             "--models",
             "a,b",
             "--no-record",
@@ -168,6 +177,7 @@ mod tests {
         assert_eq!(cfg.models, ["a", "b"]);
         assert!(!cfg.record);
         assert_eq!(cfg.drop_after_chunks, Some(3));
+        assert_eq!(cfg.error_event_after_chunks, Some(4));
         assert_eq!(cfg.error_rate, 0.5);
         assert_eq!(cfg.api_key.as_deref(), Some("k"));
         assert_eq!(cfg.retry_after_secs, 7);
@@ -182,5 +192,14 @@ mod tests {
         assert!(parse(&["--error-status", "70000"]).is_err());
         assert!(parse(&["--retry-after", "-1"]).is_err());
         assert!(parse(&["--threads", "0"]).is_err());
+        assert!(parse(&["--kind", "tgi"]).is_err());
+    }
+
+    #[test]
+    fn every_kind_has_its_flag_name() {
+        for kind in MockKind::ALL {
+            let args = parse(&["--kind", kind.as_str()]).unwrap();
+            assert_eq!(args.kind, kind);
+        }
     }
 }

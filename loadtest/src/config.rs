@@ -13,17 +13,32 @@ pub enum MockKind {
     Openai,
     /// A vLLM OpenAI-compatible server: the OpenAI API plus `/health` and `/metrics`.
     Vllm,
+    /// The Anthropic Messages API (`/v1/messages`).
+    Anthropic,
+    /// The Gemini Developer API (`/v1beta/models/{model}:generateContent`).
+    Gemini,
+    /// NVIDIA Triton's KServe v2 generate extension, health and metrics.
+    Triton,
 }
 
 impl MockKind {
     /// Every kind, in declaration order.
-    pub const ALL: [MockKind; 2] = [MockKind::Openai, MockKind::Vllm];
+    pub const ALL: [MockKind; 5] = [
+        MockKind::Openai,
+        MockKind::Vllm,
+        MockKind::Anthropic,
+        MockKind::Gemini,
+        MockKind::Triton,
+    ];
 
     /// The lowercase name used on the command line and in configs.
     pub fn as_str(self) -> &'static str {
         match self {
             MockKind::Openai => "openai",
             MockKind::Vllm => "vllm",
+            MockKind::Anthropic => "anthropic",
+            MockKind::Gemini => "gemini",
+            MockKind::Triton => "triton",
         }
     }
 }
@@ -78,18 +93,24 @@ pub struct MockConfig {
     /// Probability (0..=1) of answering an inference request with `error_status`.
     pub error_rate: f64,
     pub error_status: u16,
-    /// `retry-after` of injected 429 and 503 errors, in seconds.
+    /// `retry-after` of injected 429, 503 and 529 errors, in seconds.
     pub retry_after_secs: u64,
-    /// When false, `GET /health` and `GET /v1/models` answer 503, as a
-    /// failing replica would to a health checker.
+    /// When false, health probes (`GET /health`, `GET /v1/models`, Triton's
+    /// `GET /v2/health/ready`) answer 503, as a failing replica would.
     pub healthy: bool,
     /// Abort the connection mid-stream after this many data chunks.
     pub drop_after_chunks: Option<u32>,
-    /// When set, requests must carry this key (Bearer, or `api-key` on Azure paths).
+    /// After this many stream events, send the API's in-stream error event
+    /// and end the stream cleanly. Only Anthropic and Triton define such an
+    /// event; other kinds ignore it.
+    pub error_event_after_chunks: Option<u32>,
+    /// When set, requests must carry this key, where the kind expects it
+    /// (see `auth::presented_keys`).
     pub api_key: Option<String>,
     /// Served by `GET /v1/models`; the first also labels vLLM metrics.
     pub models: Vec<String>,
-    /// Reported as `vllm:num_requests_waiting`.
+    /// Reported as `vllm:num_requests_waiting`, and added to Triton's
+    /// `nv_inference_pending_request_count`.
     pub waiting: u32,
     /// Keep the last requests for `GET /mock/requests`.
     pub record: bool,
@@ -108,6 +129,7 @@ impl Default for MockConfig {
             retry_after_secs: 1,
             healthy: true,
             drop_after_chunks: None,
+            error_event_after_chunks: None,
             api_key: None,
             models: vec![DEFAULT_MODEL.to_owned()],
             waiting: 0,
@@ -134,7 +156,7 @@ impl MockConfig {
         self.error_rate > 0.0 && fastrand::f64() < self.error_rate
     }
 
-    /// The model that names vLLM metrics series.
+    /// The model that labels vLLM and Triton metrics series.
     pub(crate) fn first_model(&self) -> &str {
         self.models.first().map_or(DEFAULT_MODEL, String::as_str)
     }
@@ -180,7 +202,11 @@ mod tests {
             assert_eq!(kind.to_string().parse::<MockKind>(), Ok(kind));
         }
         assert_eq!("VLLM".parse::<MockKind>(), Ok(MockKind::Vllm));
-        assert!("triton".parse::<MockKind>().is_err());
+        assert_eq!("Anthropic".parse::<MockKind>(), Ok(MockKind::Anthropic));
+        assert!("tgi".parse::<MockKind>().is_err());
+        assert!(UnknownKind("x".into())
+            .to_string()
+            .ends_with("openai, vllm, anthropic, gemini, triton)"));
     }
 
     #[test]

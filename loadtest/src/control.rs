@@ -25,6 +25,8 @@ pub(crate) struct ConfigPatch {
     waiting: Option<u32>,
     /// `Some(None)` (JSON null) removes the limit.
     drop_after_chunks: Option<Option<u32>>,
+    /// `Some(None)` (JSON null) stops injecting in-stream errors.
+    error_event_after_chunks: Option<Option<u32>>,
 }
 
 /// Why a patch was rejected, and the field at fault when there is one.
@@ -45,8 +47,8 @@ impl PatchError {
 
 impl ConfigPatch {
     /// Parses a JSON object of any subset of the adjustable fields. Unknown
-    /// fields, wrong types (null included, except for `drop_after_chunks`)
-    /// and out-of-range values reject the whole patch.
+    /// fields, wrong types (null included, except for the `*_after_chunks`
+    /// limits) and out-of-range values reject the whole patch.
     pub(crate) fn parse(body: &[u8]) -> Result<Self, PatchError> {
         let fields: Map<String, Value> = serde_json::from_slice(body).map_err(|e| PatchError {
             message: format!("The body must be a JSON object of config fields: {e}."),
@@ -70,6 +72,9 @@ impl ConfigPatch {
                 "healthy" => patch.healthy = Some(typed(name, value)?),
                 "waiting" => patch.waiting = Some(typed(name, value)?),
                 "drop_after_chunks" => patch.drop_after_chunks = Some(typed(name, value)?),
+                "error_event_after_chunks" => {
+                    patch.error_event_after_chunks = Some(typed(name, value)?);
+                }
                 _ => {
                     return Err(PatchError::field(
                         name,
@@ -99,6 +104,10 @@ impl ConfigPatch {
         set(&mut next.healthy, self.healthy);
         set(&mut next.waiting, self.waiting);
         set(&mut next.drop_after_chunks, self.drop_after_chunks);
+        set(
+            &mut next.error_event_after_chunks,
+            self.error_event_after_chunks,
+        );
         next
     }
 }
@@ -131,6 +140,7 @@ fn behaviour(cfg: &MockConfig) -> Value {
         "healthy": cfg.healthy,
         "waiting": cfg.waiting,
         "drop_after_chunks": cfg.drop_after_chunks,
+        "error_event_after_chunks": cfg.error_event_after_chunks,
     })
 }
 
@@ -165,7 +175,8 @@ mod tests {
         let patch = parse(
             r#"{"latency_ms": 5, "ttft_ms": 6, "tokens_per_sec": 2.5, "completion_tokens": 3,
                 "error_rate": 1, "error_status": 503, "retry_after_secs": 9,
-                "healthy": false, "waiting": 4, "drop_after_chunks": 2}"#,
+                "healthy": false, "waiting": 4, "drop_after_chunks": 2,
+                "error_event_after_chunks": 7}"#,
         )
         .unwrap();
         assert_eq!(
@@ -181,15 +192,18 @@ mod tests {
                 healthy: Some(false),
                 waiting: Some(4),
                 drop_after_chunks: Some(Some(2)),
+                error_event_after_chunks: Some(Some(7)),
             }
         );
         assert_eq!(parse("{}").unwrap(), ConfigPatch::default());
     }
 
     #[test]
-    fn null_clears_drop_after_chunks_only() {
-        let patch = parse(r#"{"drop_after_chunks": null}"#).unwrap();
+    fn null_clears_the_chunk_limits_only() {
+        let patch =
+            parse(r#"{"drop_after_chunks": null, "error_event_after_chunks": null}"#).unwrap();
         assert_eq!(patch.drop_after_chunks, Some(None));
+        assert_eq!(patch.error_event_after_chunks, Some(None));
         assert_eq!(
             blamed(r#"{"latency_ms": null}"#).as_deref(),
             Some("latency_ms")
@@ -254,6 +268,7 @@ mod tests {
         let cfg = MockConfig {
             tokens_per_sec: 12.5,
             drop_after_chunks: Some(1),
+            error_event_after_chunks: Some(4),
             ..MockConfig::default()
         };
         let shown = behaviour(&cfg);

@@ -1,10 +1,13 @@
-//! OpenAI-shaped error answers.
+//! Error answers: OpenAI's shape, and every kind's shape for the errors
+//! the router gives before an endpoint sees the request.
 
 use http::header::{HeaderName, HeaderValue, ALLOW};
 use http::{Method, StatusCode};
 use serde::Serialize;
 
 use crate::body::{json, MockResponse};
+use crate::config::MockKind;
+use crate::{anthropic, gemini, triton};
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -59,59 +62,69 @@ pub(crate) fn invalid_param(message: &str, param: Option<&str>) -> MockResponse 
     error_with_param(StatusCode::BAD_REQUEST, message, param, None)
 }
 
-pub(crate) fn not_found(method: &Method, path: &str) -> MockResponse {
-    openai_error(
+/// An error answer in the wire shape of `kind`.
+pub(crate) fn for_kind(kind: MockKind, status: StatusCode, message: &str) -> MockResponse {
+    match kind {
+        MockKind::Openai | MockKind::Vllm => {
+            let code = match status {
+                StatusCode::UNAUTHORIZED => Some("invalid_api_key"),
+                StatusCode::TOO_MANY_REQUESTS => Some("rate_limit_exceeded"),
+                _ => None,
+            };
+            openai_error(status, message, code)
+        }
+        MockKind::Anthropic => anthropic::error(status, message),
+        MockKind::Gemini => gemini::error(status, message),
+        MockKind::Triton => triton::error(status, message),
+    }
+}
+
+pub(crate) fn not_found(kind: MockKind, method: &Method, path: &str) -> MockResponse {
+    for_kind(
+        kind,
         StatusCode::NOT_FOUND,
         &format!("Invalid URL ({method} {path})"),
-        None,
     )
 }
 
-pub(crate) fn method_not_allowed(method: &Method, allow: &'static str) -> MockResponse {
-    let mut resp = openai_error(
+pub(crate) fn method_not_allowed(
+    kind: MockKind,
+    method: &Method,
+    allow: &'static str,
+) -> MockResponse {
+    let mut resp = for_kind(
+        kind,
         StatusCode::METHOD_NOT_ALLOWED,
         &format!("Method {method} is not allowed here (allowed: {allow})"),
-        None,
     );
     resp.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     resp
 }
 
-pub(crate) fn unauthorized(message: &str) -> MockResponse {
-    openai_error(StatusCode::UNAUTHORIZED, message, Some("invalid_api_key"))
-}
-
 /// The answer of an endpoint probed while the mock is set unhealthy.
-pub(crate) fn unhealthy() -> MockResponse {
-    openai_error(
+pub(crate) fn unhealthy(kind: MockKind) -> MockResponse {
+    for_kind(
+        kind,
         StatusCode::SERVICE_UNAVAILABLE,
         "The server is unhealthy (set by tollgate-mock's `healthy` option).",
-        None,
     )
 }
 
-/// The answer to a request picked by `error_rate`. 429 and 503 tell the
-/// client when to retry, as OpenAI and overloaded servers do.
-pub(crate) fn injected(status: u16, retry_after_secs: u64) -> MockResponse {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = if status == StatusCode::TOO_MANY_REQUESTS {
-        openai_error(
-            status,
-            "Rate limit reached (injected by tollgate-mock).",
-            Some("rate_limit_exceeded"),
-        )
-    } else {
-        openai_error(
-            status,
-            "The server had an error while processing your request (injected by tollgate-mock).",
-            None,
-        )
+/// Anthropic's status for an overloaded API.
+pub(crate) const OVERLOADED: u16 = 529;
+
+/// The answer to a request picked by `error_rate`. 429, 503 and 529 tell
+/// the client when to retry, as providers and overloaded servers do.
+pub(crate) fn injected(kind: MockKind, status: u16, retry_after_secs: u64) -> MockResponse {
+    let message = match status {
+        429 => "Rate limit reached (injected by tollgate-mock).",
+        503 | OVERLOADED => "Overloaded (injected by tollgate-mock).",
+        _ => "The server had an error while processing your request (injected by tollgate-mock).",
     };
-    if matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = for_kind(kind, code, message);
+    if matches!(status, 429 | 503 | OVERLOADED) {
         let headers = resp.headers_mut();
         headers.insert(
             HeaderName::from_static("retry-after"),
@@ -138,7 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn injected_rate_limit_has_retry_headers() {
-        let resp = injected(429, 1);
+        let resp = injected(MockKind::Openai, 429, 1);
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()["retry-after"], "1");
         assert_eq!(resp.headers()["retry-after-ms"], "1000");
@@ -152,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn injected_server_error_shape() {
-        let resp = injected(503, 4);
+        let resp = injected(MockKind::Vllm, 503, 4);
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers()["retry-after"], "4");
         assert_eq!(resp.headers()["retry-after-ms"], "4000");
@@ -162,7 +175,7 @@ mod tests {
         assert_eq!(body["error"]["param"], Value::Null);
 
         for status in [400, 500, 502] {
-            let resp = injected(status, 4);
+            let resp = injected(MockKind::Openai, status, 4);
             assert_eq!(resp.status(), status);
             assert!(resp.headers().get("retry-after").is_none());
             assert!(resp.headers().get("retry-after-ms").is_none());

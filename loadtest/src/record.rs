@@ -21,12 +21,13 @@ pub(crate) struct Recorded {
     headers: BTreeMap<String, String>,
     body_sha256: String,
     body_bytes: usize,
-    /// The body's top-level `model`, when it is a JSON string.
+    /// The model the path names (Gemini, Triton), otherwise the body's
+    /// top-level `model` when it is a JSON string.
     model: Option<String>,
 }
 
 impl Recorded {
-    pub(crate) fn new(parts: &Parts, body: &Bytes) -> Self {
+    pub(crate) fn new(parts: &Parts, body: &Bytes, path_model: Option<&str>) -> Self {
         let mut headers: BTreeMap<String, String> = BTreeMap::new();
         for (name, value) in &parts.headers {
             let value = String::from_utf8_lossy(value.as_bytes());
@@ -45,7 +46,7 @@ impl Recorded {
             headers,
             body_sha256: hex::encode(Sha256::digest(body)),
             body_bytes: body.len(),
-            model: body_model(body),
+            model: path_model.map(str::to_owned).or_else(|| body_model(body)),
         }
     }
 }
@@ -121,7 +122,7 @@ mod tests {
     #[test]
     fn records_request_shape() {
         let (parts, body) = request("/v1/chat/completions?x=1", r#"{"model":"m","messages":[]}"#);
-        let rec = serde_json::to_value(Recorded::new(&parts, &body)).unwrap();
+        let rec = serde_json::to_value(Recorded::new(&parts, &body, None)).unwrap();
         assert_eq!(rec["method"], "POST");
         assert_eq!(rec["path"], "/v1/chat/completions");
         assert_eq!(rec["query"], "x=1");
@@ -132,9 +133,13 @@ mod tests {
         assert_eq!(rec["model"], "m");
 
         let (parts, body) = request("/v1/models", "not json");
-        let rec = serde_json::to_value(Recorded::new(&parts, &body)).unwrap();
+        let rec = serde_json::to_value(Recorded::new(&parts, &body, None)).unwrap();
         assert_eq!(rec["query"], Value::Null);
         assert_eq!(rec["model"], Value::Null);
+
+        let (parts, body) = request("/v2/models/t/generate", r#"{"model":"body"}"#);
+        let rec = serde_json::to_value(Recorded::new(&parts, &body, Some("t"))).unwrap();
+        assert_eq!(rec["model"], "t");
     }
 
     #[test]
@@ -142,7 +147,7 @@ mod tests {
         let recorder = Recorder::new(3);
         for i in 0..5 {
             let (parts, body) = request(&format!("/r{i}"), "");
-            recorder.push(Recorded::new(&parts, &body));
+            recorder.push(Recorded::new(&parts, &body, None));
         }
         let json: Value = serde_json::from_slice(&recorder.to_json()).unwrap();
         let paths: Vec<&str> = json["requests"]

@@ -4,20 +4,19 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+use crate::auth::authorize;
 use crate::body::{empty, json_bytes, MockResponse};
 use crate::config::{MockConfig, MockKind};
 use crate::control;
-use crate::errors::{self, openai_error};
-use crate::openai;
+use crate::errors;
 use crate::record::Recorded;
 use crate::state::Shared;
-use crate::vllm;
+use crate::{anthropic, gemini, openai, triton, vllm};
 
 /// Largest request body accepted; generous, as gateways forward big prompts.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -31,6 +30,20 @@ pub(crate) enum Endpoint {
     Models,
     Health,
     Metrics,
+    /// Anthropic's `POST /v1/messages`.
+    Messages,
+    /// Gemini's `generateContent`, or `streamGenerateContent` when `stream`.
+    GenerateContent {
+        model: String,
+        stream: bool,
+    },
+    /// Triton's `generate`, or `generate_stream` when `stream`.
+    Generate {
+        model: String,
+        version: Option<String>,
+        stream: bool,
+    },
+    TritonMetrics,
     MockRequests,
     MockStats,
     MockConfig,
@@ -46,6 +59,9 @@ impl Endpoint {
             _ => match kind {
                 MockKind::Openai => openai::route(path),
                 MockKind::Vllm => vllm::route(path).or_else(|| openai::route(path)),
+                MockKind::Anthropic => anthropic::route(path),
+                MockKind::Gemini => gemini::route(path),
+                MockKind::Triton => triton::route(path),
             },
         };
         found.unwrap_or(Endpoint::Unknown)
@@ -58,9 +74,23 @@ impl Endpoint {
             self,
             Endpoint::Health
                 | Endpoint::Metrics
+                | Endpoint::TritonMetrics
                 | Endpoint::MockRequests
                 | Endpoint::MockStats
                 | Endpoint::MockConfig
+        )
+    }
+
+    /// Inference calls: the ones `error_rate` fails.
+    fn is_inference(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::Chat(_)
+                | Endpoint::Completions(_)
+                | Endpoint::Embeddings(_)
+                | Endpoint::Messages
+                | Endpoint::GenerateContent { .. }
+                | Endpoint::Generate { .. }
         )
     }
 
@@ -73,10 +103,20 @@ impl Endpoint {
         )
     }
 
+    /// The model a path names (Gemini, Triton), recorded in place of the body's.
+    fn path_model(&self) -> Option<&str> {
+        match self {
+            Endpoint::GenerateContent { model, .. } | Endpoint::Generate { model, .. } => {
+                Some(model)
+            }
+            _ => None,
+        }
+    }
+
     /// The `Allow` header for this endpoint.
     fn allowed(&self) -> &'static str {
         match self {
-            Endpoint::Chat(_) | Endpoint::Completions(_) | Endpoint::Embeddings(_) => "POST",
+            _ if self.is_inference() => "POST",
             Endpoint::MockRequests => "GET, DELETE",
             Endpoint::MockConfig => "GET, POST",
             _ => "GET",
@@ -92,14 +132,14 @@ pub(crate) async fn handle(
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Ok(openai_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request body too large.",
-                None,
-            ));
+        Err(e) => {
+            let (status, message) = if e.downcast_ref::<LengthLimitError>().is_some() {
+                (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large.")
+            } else {
+                (StatusCode::BAD_REQUEST, "Could not read the request body.")
+            };
+            return Ok(errors::for_kind(shared.config().kind, status, message));
         }
-        Err(_) => return Ok(errors::bad_request("Could not read the request body.")),
     };
     // Taken before the request is counted, so a test that saw the count
     // knows which config the request answers with.
@@ -108,10 +148,12 @@ pub(crate) async fn handle(
     if endpoint.is_api() {
         shared.stats.request();
         if cfg.record {
-            shared.recorder.push(Recorded::new(&parts, &body));
+            shared
+                .recorder
+                .push(Recorded::new(&parts, &body, endpoint.path_model()));
         }
-        if let Err(message) = authorize(&cfg, &parts.headers, endpoint.is_azure()) {
-            return Ok(errors::unauthorized(message));
+        if let Err(denied) = authorize(&cfg, &parts, endpoint.is_azure()) {
+            return Ok(errors::for_kind(cfg.kind, denied.status, denied.message));
         }
     }
     Ok(dispatch(endpoint, &parts, body, &shared, &cfg).await)
@@ -125,15 +167,12 @@ async fn dispatch(
     cfg: &MockConfig,
 ) -> MockResponse {
     let method = &parts.method;
-    let generation = matches!(
-        endpoint,
-        Endpoint::Chat(_) | Endpoint::Completions(_) | Endpoint::Embeddings(_)
-    );
-    if generation && method == Method::POST && cfg.roll_error() {
-        return errors::injected(cfg.error_status, cfg.retry_after_secs);
+    let kind = cfg.kind;
+    if endpoint.is_inference() && method == Method::POST && cfg.roll_error() {
+        return errors::injected(kind, cfg.error_status, cfg.retry_after_secs);
     }
     match endpoint {
-        Endpoint::Unknown => errors::not_found(method, parts.uri.path()),
+        Endpoint::Unknown => errors::not_found(kind, method, parts.uri.path()),
         Endpoint::Chat(deployment) if method == Method::POST => {
             openai::chat::handle(shared, cfg, &body, deployment).await
         }
@@ -143,13 +182,28 @@ async fn dispatch(
         Endpoint::Embeddings(deployment) if method == Method::POST => {
             openai::embeddings::handle(cfg, &body, deployment).await
         }
+        Endpoint::Messages if method == Method::POST => {
+            anthropic::handle(shared, cfg, &parts.headers, &body).await
+        }
+        Endpoint::GenerateContent { model, stream } if method == Method::POST => {
+            gemini::handle(shared, cfg, parts.uri.query(), &body, model, stream).await
+        }
+        Endpoint::Generate {
+            model,
+            version,
+            stream,
+        } if method == Method::POST => {
+            let target = triton::Target { model, version };
+            triton::handle(shared, cfg, &body, target, stream).await
+        }
         // Health checkers probe one of these two.
         Endpoint::Models | Endpoint::Health if method == Method::GET && !cfg.healthy => {
-            errors::unhealthy()
+            errors::unhealthy(kind)
         }
         Endpoint::Models if method == Method::GET => openai::models::list(cfg),
         Endpoint::Health if method == Method::GET => empty(StatusCode::OK),
         Endpoint::Metrics if method == Method::GET => vllm::metrics(shared, cfg),
+        Endpoint::TritonMetrics if method == Method::GET => triton::metrics(shared, cfg),
         Endpoint::MockRequests if method == Method::GET => {
             json_bytes(StatusCode::OK, shared.recorder.to_json())
         }
@@ -162,67 +216,22 @@ async fn dispatch(
         }
         Endpoint::MockConfig if method == Method::GET => control::get(cfg),
         Endpoint::MockConfig if method == Method::POST => control::post(shared, &body),
-        other => errors::method_not_allowed(method, other.allowed()),
+        other => errors::method_not_allowed(kind, method, other.allowed()),
     }
 }
 
-/// Checks the API key: `Authorization: Bearer`, or `api-key` on Azure paths.
-/// The error is the message of the 401 answer.
-fn authorize(cfg: &MockConfig, headers: &HeaderMap, azure: bool) -> Result<(), &'static str> {
-    let Some(expected) = cfg.api_key.as_deref() else {
-        return Ok(());
-    };
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let azure_key = headers
-        .get("api-key")
-        .filter(|_| azure)
-        .and_then(|v| v.to_str().ok());
-    match (bearer, azure_key) {
-        (None, None) => Err(
-            "You didn't provide an API key. You need to provide your API key \
-             in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-        ),
-        (b, a) if b == Some(expected) || a == Some(expected) => Ok(()),
-        _ => Err("Incorrect API key provided."),
-    }
+/// A query parameter as sent: the values the mock reads (API keys,
+/// `alt=sse`) need no percent-decoding.
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(k, v)| (k == name).then_some(v))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    http::HeaderName::from_static(k),
-                    HeaderValue::from_static(v),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn api_key_checks() {
-        let cfg = MockConfig {
-            api_key: Some("sk".into()),
-            ..MockConfig::default()
-        };
-        let ok =
-            |h: &[(&'static str, &'static str)], azure| authorize(&cfg, &headers(h), azure).is_ok();
-        assert!(ok(&[("authorization", "Bearer sk")], false));
-        assert!(!ok(&[("authorization", "Bearer no")], false));
-        assert!(!ok(&[], false));
-        assert!(!ok(&[("api-key", "sk")], false));
-        assert!(ok(&[("api-key", "sk")], true));
-        assert!(ok(&[("authorization", "Bearer sk")], true));
-        assert!(authorize(&MockConfig::default(), &HeaderMap::new(), false).is_ok());
-    }
 
     #[test]
     fn kinds_route_differently() {
@@ -235,16 +244,49 @@ mod tests {
             Endpoint::Unknown
         ));
         assert!(matches!(
+            Endpoint::resolve(MockKind::Triton, "/metrics"),
+            Endpoint::TritonMetrics
+        ));
+        assert!(matches!(
             Endpoint::resolve(MockKind::Vllm, "/v1/models"),
             Endpoint::Models
+        ));
+        assert!(matches!(
+            Endpoint::resolve(MockKind::Anthropic, "/v1/models"),
+            Endpoint::Unknown
+        ));
+        assert!(matches!(
+            Endpoint::resolve(MockKind::Openai, "/v1/messages"),
+            Endpoint::Unknown
         ));
         assert!(matches!(
             Endpoint::resolve(MockKind::Openai, "/mock/stats"),
             Endpoint::MockStats
         ));
-        assert!(matches!(
-            Endpoint::resolve(MockKind::Vllm, "/mock/config"),
-            Endpoint::MockConfig
-        ));
+        for kind in MockKind::ALL {
+            assert!(matches!(
+                Endpoint::resolve(kind, "/mock/config"),
+                Endpoint::MockConfig
+            ));
+        }
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param(Some("a=1&key=k&key=j"), "key"), Some("k"));
+        assert_eq!(query_param(Some("keys=1&flag"), "key"), None);
+        assert_eq!(query_param(None, "key"), None);
+    }
+
+    #[test]
+    fn endpoint_properties() {
+        let gemini = Endpoint::resolve(MockKind::Gemini, "/v1beta/models/g:generateContent");
+        assert_eq!(gemini.path_model(), Some("g"));
+        assert_eq!(gemini.allowed(), "POST");
+        assert!(gemini.is_api() && gemini.is_inference() && !gemini.is_azure());
+        let ready = Endpoint::resolve(MockKind::Triton, "/v2/health/ready");
+        assert!(!ready.is_api() && !ready.is_inference());
+        assert_eq!(ready.allowed(), "GET");
+        assert_eq!(Endpoint::Messages.path_model(), None);
     }
 }

@@ -77,6 +77,8 @@ pub(crate) enum StreamEnd {
     Cancelled,
     /// `drop_after_chunks` cut it.
     Dropped,
+    /// `error_event_after_chunks` ended it with an error event.
+    Failed,
 }
 
 #[derive(Default)]
@@ -108,7 +110,7 @@ impl Stats {
         let counter = match end {
             StreamEnd::Completed => &self.streams_completed,
             StreamEnd::Cancelled => &self.streams_cancelled,
-            StreamEnd::Dropped => return,
+            StreamEnd::Dropped | StreamEnd::Failed => return,
         };
         counter.fetch_add(1, Relaxed);
     }

@@ -1,5 +1,7 @@
-//! Deterministic generated content: completion words, token estimates, embeddings.
+//! Generated content: completion words, token estimates, embeddings (all
+//! deterministic), the canned tool call, and random object ids.
 
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// Each word is one token. The leading space lets stream deltas concatenate
@@ -34,6 +36,14 @@ pub(crate) fn completion_text(tokens: u32) -> String {
     (0..tokens).map(token_piece).collect()
 }
 
+/// A random object id such as `chatcmpl-3kQ...`.
+pub(crate) fn new_id(prefix: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + 24);
+    id.push_str(prefix);
+    id.extend(std::iter::repeat_with(fastrand::alphanumeric).take(24));
+    id
+}
+
 /// Why generation stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Finish {
@@ -57,6 +67,42 @@ pub(crate) fn cap_tokens(configured: u32, limit: Option<u32>) -> (u32, Finish) {
         _ => (configured, Finish::Stop),
     }
 }
+
+/// What a generation request gets: text, or a call of the named tool.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Text { tokens: u32, finish: Finish },
+    ToolCall { name: String },
+}
+
+impl Answer {
+    /// The tool call when `tool` names the tool a request triggered,
+    /// otherwise text of the configured length cut to `limit`.
+    pub(crate) fn new(configured: u32, limit: Option<u32>, tool: Option<String>) -> Self {
+        match tool {
+            Some(name) => Answer::ToolCall { name },
+            None => {
+                let (tokens, finish) = cap_tokens(configured, limit);
+                Answer::Text { tokens, finish }
+            }
+        }
+    }
+}
+
+/// The arguments of the canned tool call: `{"location": "Paris"}`.
+#[derive(Serialize)]
+pub(crate) struct ToolArgs {
+    location: &'static str,
+}
+
+pub(crate) const TOOL_ARGS: ToolArgs = ToolArgs { location: "Paris" };
+
+/// [`TOOL_ARGS`] as JSON text in the pieces a stream sends it, cut mid-key
+/// and mid-value, and led by an empty piece as Anthropic's streams are.
+pub(crate) const TOOL_ARGS_PIECES: [&str; 5] = ["", "{\"locati", "on\": \"P", "ar", "is\"}"];
+
+/// Output tokens the tool call's arguments count as.
+pub(crate) const TOOL_ARGS_TOKENS: u32 = TOOL_ARGS_PIECES.len() as u32;
 
 /// Prompt tokens: about four bytes of text per token, plus given token ids, at least 1.
 pub(crate) fn estimate_tokens(text_bytes: usize, token_ids: usize) -> u32 {
@@ -121,12 +167,42 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_random_and_prefixed() {
+        let a = new_id("chatcmpl-");
+        assert!(a.starts_with("chatcmpl-") && a.len() == 33);
+        assert_ne!(a, new_id("chatcmpl-"));
+    }
+
+    #[test]
     fn capping() {
         assert_eq!(cap_tokens(16, None), (16, Finish::Stop));
         assert_eq!(cap_tokens(16, Some(16)), (16, Finish::Stop));
         assert_eq!(cap_tokens(16, Some(100)), (16, Finish::Stop));
         assert_eq!(cap_tokens(16, Some(5)), (5, Finish::Length));
         assert_eq!(cap_tokens(16, Some(0)), (0, Finish::Length));
+    }
+
+    #[test]
+    fn answers() {
+        assert_eq!(
+            Answer::new(16, Some(2), None),
+            Answer::Text {
+                tokens: 2,
+                finish: Finish::Length
+            }
+        );
+        assert_eq!(
+            Answer::new(16, Some(2), Some("f".into())),
+            Answer::ToolCall { name: "f".into() }
+        );
+    }
+
+    #[test]
+    fn tool_args_pieces_make_the_args() {
+        let joined: serde_json::Value = serde_json::from_str(&TOOL_ARGS_PIECES.concat()).unwrap();
+        assert_eq!(joined, serde_json::to_value(TOOL_ARGS).unwrap());
+        assert_eq!(joined, serde_json::json!({"location": "Paris"}));
+        assert_eq!(TOOL_ARGS_PIECES.concat(), r#"{"location": "Paris"}"#);
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn render(model: &str, gauges: &[(&str, &str, f64)]) -> String {
 }
 
 /// Escapes a Prometheus label value.
-fn escape_label(value: &str) -> String {
+pub(crate) fn escape_label(value: &str) -> String {
     value
         .replace('\\', r"\\")
         .replace('"', "\\\"")

@@ -2,6 +2,7 @@
 //! each phase they take part in; each plugin is one small type with one job.
 
 pub mod access_log;
+pub mod sse;
 
 use std::time::Duration;
 

@@ -14,3 +14,4 @@ mod routing;
 mod sdk;
 mod security;
 mod tls;
+mod translate;

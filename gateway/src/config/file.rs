@@ -208,6 +208,8 @@ pub struct TargetSection {
     pub model: String,
     /// Share of traffic under `strategy: weighted`.
     pub weight: Option<u32>,
+    /// `max_tokens` for providers that require one (Anthropic) when the client sets none.
+    pub max_tokens_default: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -82,6 +82,8 @@ pub struct Target {
     pub weight: u32,
     /// What the catalog knows about `model`.
     pub facts: Option<ModelFacts>,
+    /// `max_tokens` sent to providers that require one when the client sets none.
+    pub max_tokens_default: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -850,11 +852,20 @@ fn build_model(
             ));
         }
         let facts = catalog.get(&t.model).copied();
+        if t.max_tokens_default == Some(0) {
+            return Err(cx.err(
+                format!("{path}.targets[{i}].max_tokens_default"),
+                "must be at least 1",
+            ));
+        }
         targets.push(Target {
             provider: provider.clone(),
             model: t.model,
             weight,
             facts,
+            max_tokens_default: t
+                .max_tokens_default
+                .unwrap_or(crate::providers::anthropic::DEFAULT_MAX_TOKENS),
         });
     }
     let default_attempts = (targets.len() as u32).max(3);

@@ -5,12 +5,37 @@ use super::chat::{
     str_field, ChatRequest, ChatResponse, FinishReason, Message, Part, Role, StreamEvent, ToolCall,
     Usage,
 };
+use super::Provider;
+use crate::upstream::Endpoint;
+use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
 pub const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; this applies when neither client nor target sets one.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// `POST {prefix}/v1/messages` with Anthropic's credential and version headers.
+pub fn request_header(
+    provider: &Provider,
+    endpoint: &Endpoint,
+    body_len: usize,
+) -> pingora::Result<RequestHeader> {
+    let path = format!("{}/v1/messages", endpoint.prefix);
+    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))?;
+    req.insert_header("host", &endpoint.authority)?;
+    req.insert_header("content-type", "application/json")?;
+    req.insert_header("content-length", body_len.to_string())?;
+    req.insert_header("anthropic-version", API_VERSION)?;
+    req.insert_header(
+        "user-agent",
+        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    )?;
+    if let Some(key) = &provider.api_key {
+        req.insert_header("x-api-key", key.expose())?;
+    }
+    Ok(req)
+}
 
 fn image_block(url: &str) -> Value {
     // `data:image/png;base64,....` becomes an inline source; anything else a URL source.

@@ -16,6 +16,8 @@ pub struct ChatRequest {
     pub top_p: Option<f64>,
     pub stop: Vec<String>,
     pub stream: bool,
+    /// OpenAI's `stream_options.include_usage`: the client wants a final usage chunk.
+    pub include_usage: bool,
     pub tools: Vec<Tool>,
     /// OpenAI's `tool_choice` as given (`"auto"`, `"none"`, `"required"`, or a function).
     pub tool_choice: Option<Value>,

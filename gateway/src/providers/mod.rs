@@ -8,7 +8,8 @@ pub mod openai_format;
 
 use crate::config::secret::Secret;
 use crate::upstream::state::OutlierPolicy;
-use crate::upstream::Pool;
+use crate::upstream::{Endpoint, Pool};
+use pingora::http::RequestHeader;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +20,27 @@ pub enum ProviderKind {
     AzureOpenai,
     Vllm,
     Ollama,
+    Anthropic,
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 4] = [
+    pub const ALL: [ProviderKind; 5] = [
         ProviderKind::Openai,
         ProviderKind::AzureOpenai,
         ProviderKind::Vllm,
         ProviderKind::Ollama,
+        ProviderKind::Anthropic,
     ];
+
+    /// Takes OpenAI's wire format as it is (only the model name changes).
+    pub fn speaks_openai(self) -> bool {
+        !matches!(self, ProviderKind::Anthropic)
+    }
+
+    /// Whether this kind can serve `op` at all.
+    pub fn supports(self, op: Operation) -> bool {
+        self.speaks_openai() || op == Operation::ChatCompletions
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,6 +48,7 @@ impl ProviderKind {
             ProviderKind::AzureOpenai => "azure-openai",
             ProviderKind::Vllm => "vllm",
             ProviderKind::Ollama => "ollama",
+            ProviderKind::Anthropic => "anthropic",
         }
     }
 
@@ -100,8 +114,24 @@ impl ProviderKind {
         match self {
             ProviderKind::Vllm => "/health",
             ProviderKind::Ollama => "/api/version",
-            ProviderKind::Openai | ProviderKind::AzureOpenai => "/v1/models",
+            ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Anthropic => {
+                "/v1/models"
+            }
         }
+    }
+}
+
+/// The upstream request header for one attempt, in the provider's own dialect.
+pub fn request_header(
+    provider: &Provider,
+    endpoint: &Endpoint,
+    op: Operation,
+    upstream_model: &str,
+    body_len: usize,
+) -> pingora::Result<RequestHeader> {
+    match provider.kind {
+        ProviderKind::Anthropic => anthropic::request_header(provider, endpoint, body_len),
+        _ => openai_compat::request_header(provider, endpoint, op, upstream_model, body_len),
     }
 }
 

@@ -71,6 +71,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, GatewayError> {
             .get("stream")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        include_usage: value
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         tool_choice: object.get("tool_choice").cloned(),
         ..ChatRequest::default()
     };

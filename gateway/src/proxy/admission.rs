@@ -6,6 +6,7 @@ use crate::catalog::Tokenizer;
 use crate::config::runtime::{Key, Model};
 use crate::config::Runtime;
 use crate::error::GatewayError;
+use crate::providers::Operation;
 use crate::router::context::{self, ContextPolicy};
 use crate::router::geo::resident;
 use crate::router::{estimated_costs, Planner, Strategy};
@@ -29,6 +30,7 @@ pub fn admit<'m>(
     rt: &Runtime,
     model: &'m Model,
     key: Option<&Key>,
+    op: Operation,
     mut body: Bytes,
 ) -> Result<Admitted<'m>, GatewayError> {
     // Prompt size matters only to some policies; most requests never parse it.
@@ -36,7 +38,12 @@ pub fn admit<'m>(
         || model.strategy == Strategy::Cost
         || model.rules.iter().any(|r| r.needs_prompt());
     let prompt = needs_prompt.then(|| PromptSize::from_body(&body)).flatten();
-    let mut allowed = vec![true; model.targets.len()];
+    // A target whose provider cannot serve this operation (embeddings from Anthropic) is out.
+    let mut allowed: Vec<bool> = model
+        .targets
+        .iter()
+        .map(|t| t.provider.kind.supports(op))
+        .collect();
     let mut truncated = None;
     // `cost` means the cheapest target that fits, even without a context policy.
     let policy = match (model.context, model.strategy) {
@@ -45,7 +52,9 @@ pub fn admit<'m>(
     };
     if let (Some(policy), Some(prompt)) = (policy, &prompt) {
         let outcome = context::apply(policy, model, prompt, &body)?;
-        allowed = outcome.allowed;
+        for (allowed, fits) in allowed.iter_mut().zip(outcome.allowed) {
+            *allowed &= fits;
+        }
         if let Some((shorter, dropped)) = outcome.truncated {
             body = shorter;
             truncated = Some(dropped);

@@ -11,7 +11,8 @@ use crate::config::runtime::{Key, Model, Target};
 use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::providers::{Operation, Provider};
+use crate::providers::chat::ChatRequest;
+use crate::providers::{anthropic, openai_format, Operation, Provider};
 use crate::router::Pick;
 use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
@@ -20,10 +21,11 @@ use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use relay::Translation;
 use request::RequestHead;
 use serde_json::json;
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_plugins::Settlement;
 use upstream_call::{retry_after, Call, Failure};
@@ -35,6 +37,8 @@ struct Exchange<'a> {
     head: &'a RequestHead,
     body: &'a Bytes,
     op: Operation,
+    /// The body in the gateway's chat model, parsed the first time a target needs it.
+    chat: &'a OnceLock<Result<ChatRequest, GatewayError>>,
 }
 
 /// How one upstream attempt ended.
@@ -261,7 +265,7 @@ impl Gateway {
             }
         }
 
-        let admitted = admission::admit(session, rt, model, key.as_deref(), body)?;
+        let admitted = admission::admit(session, rt, model, key.as_deref(), op, body)?;
         let body = admitted.body;
         if admitted.truncated.is_some() {
             head = RequestHead::parse(&body)?;
@@ -269,11 +273,13 @@ impl Gateway {
         ctx.route = admitted.route;
         ctx.truncated = admitted.truncated;
         let mut planner = admitted.planner;
+        let chat = OnceLock::new();
         let exchange = Exchange {
             model,
             head: &head,
             body: &body,
             op,
+            chat: &chat,
         };
         let mut failures: Vec<(String, Failure)> = Vec::new();
         while ctx.attempts < model.retry.attempts {
@@ -345,12 +351,29 @@ impl Gateway {
             head,
             body,
             op,
+            chat,
         } = *request;
+        let (upstream_body, translation) = if target.provider.kind.speaks_openai() {
+            (head.body_for(body, &target.model), Translation::None)
+        } else {
+            let chat = match chat.get_or_init(|| openai_format::parse_request(body)) {
+                Ok(chat) => chat,
+                Err(e) => return Attempt::Done(Err(e.clone())),
+            };
+            let translated =
+                anthropic::request_body(chat, &target.model, target.max_tokens_default);
+            (
+                Bytes::from(serde_json::to_vec(&translated).expect("a JSON value serializes")),
+                Translation::FromAnthropic {
+                    include_usage: chat.include_usage,
+                },
+            )
+        };
         let state = &endpoint.state;
         let _in_flight = state.begin();
         let call = Call {
             op,
-            body: head.body_for(body, &target.model),
+            body: upstream_body,
             upstream_model: &target.model,
             deadline: Instant::now() + target.provider.timeouts.total,
         };
@@ -410,6 +433,7 @@ impl Gateway {
                                     },
                                     head.stream,
                                     first_chunk,
+                                    translation,
                                 )
                                 .await,
                             );

@@ -5,13 +5,18 @@
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
+use crate::providers::anthropic;
+use crate::providers::chat::StreamEvent;
+use crate::providers::openai_format::{self, StreamRenderer};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
-use std::time::{Duration, Instant};
+use serde_json::json;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tollgate_plugins::sse::SseParser;
 
 /// Upstream headers that describe the upstream connection or account, not the response.
 fn forwardable(name: &HeaderName) -> bool {
@@ -40,34 +45,42 @@ pub struct Limits {
     pub idle: Duration,
 }
 
-/// `first_chunk`: body already read from the upstream (a stream's first token).
-pub async fn relay(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    connector: &Connector,
-    mut upstream: UpstreamResponse,
-    limits: Limits,
-    client_streaming: bool,
-    mut first_chunk: Option<Bytes>,
-) -> Result<(), GatewayError> {
-    let Limits { deadline, idle } = limits;
-    let header = upstream.header();
-    let mut resp = ResponseHeader::build(header.status, Some(header.headers.len() + 6))
-        .map_err(|_| GatewayError::ClientGone)?;
-    for (name, value) in header.headers.iter().filter(|(n, _)| forwardable(n)) {
-        resp.append_header(name.clone(), value.clone())
-            .map_err(|_| GatewayError::ClientGone)?;
+/// What the client gets when the upstream speaks another dialect than the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Translation {
+    /// The upstream speaks the client's format: bytes pass through.
+    None,
+    /// An Anthropic Messages upstream answering an OpenAI client.
+    FromAnthropic { include_usage: bool },
+}
+
+/// The client's response header: the upstream's own headers when its body passes through,
+/// and the gateway's account of what happened.
+fn client_header(
+    ctx: &RequestCtx,
+    status: u16,
+    upstream: Option<&ResponseHeader>,
+    content_type: Option<&str>,
+    content_length: Option<usize>,
+) -> Result<ResponseHeader, GatewayError> {
+    let failed = |_| GatewayError::ClientGone;
+    let mut resp = ResponseHeader::build(status, Some(12)).map_err(failed)?;
+    if let Some(upstream) = upstream {
+        for (name, value) in upstream.headers.iter().filter(|(n, _)| forwardable(n)) {
+            resp.append_header(name.clone(), value.clone())
+                .map_err(failed)?;
+        }
     }
-    let event_stream = header
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
-        || client_streaming;
-    if !header.headers.contains_key(header::CONTENT_LENGTH) {
-        resp.insert_header(header::TRANSFER_ENCODING, "chunked")
-            .map_err(|_| GatewayError::ClientGone)?;
+    if let Some(content_type) = content_type {
+        resp.insert_header(header::CONTENT_TYPE, content_type)
+            .map_err(failed)?;
     }
+    match content_length {
+        Some(length) => resp.insert_header(header::CONTENT_LENGTH, length.to_string()),
+        None if resp.headers.contains_key(header::CONTENT_LENGTH) => Ok(()),
+        None => resp.insert_header(header::TRANSFER_ENCODING, "chunked"),
+    }
+    .map_err(failed)?;
     let provider = ctx.provider.clone().unwrap_or_default();
     let upstream_model = ctx.upstream_model.clone().unwrap_or_default();
     for (name, value) in [
@@ -81,13 +94,49 @@ pub async fn relay(
             ctx.overhead().as_micros().to_string(),
         ),
     ] {
-        resp.insert_header(name, value)
-            .map_err(|_| GatewayError::ClientGone)?;
+        resp.insert_header(name, value).map_err(failed)?;
     }
     if let Some(dropped) = ctx.truncated {
         resp.insert_header("x-tollgate-truncated", format!("{dropped} messages"))
-            .map_err(|_| GatewayError::ClientGone)?;
+            .map_err(failed)?;
     }
+    Ok(resp)
+}
+
+/// `first_chunk`: body already read from the upstream (a stream's first token).
+#[allow(clippy::too_many_arguments)]
+pub async fn relay(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    connector: &Connector,
+    mut upstream: UpstreamResponse,
+    limits: Limits,
+    client_streaming: bool,
+    mut first_chunk: Option<Bytes>,
+    translation: Translation,
+) -> Result<(), GatewayError> {
+    let status = upstream.header().status.as_u16();
+    let mut transcoder = match translation {
+        Translation::None => None,
+        Translation::FromAnthropic { include_usage } if client_streaming && status == 200 => {
+            Some(AnthropicStream::new(include_usage))
+        }
+        Translation::FromAnthropic { .. } => {
+            return relay_whole(session, ctx, connector, upstream, limits, first_chunk).await
+        }
+    };
+    let Limits { deadline, idle } = limits;
+    let header = upstream.header();
+    let event_stream = header
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+        || client_streaming;
+    let resp = match transcoder {
+        None => client_header(ctx, status, Some(header), None, None)?,
+        Some(_) => client_header(ctx, status, None, Some("text/event-stream"), None)?,
+    };
     if session
         .write_response_header(Box::new(resp), false)
         .await
@@ -129,6 +178,10 @@ pub async fn relay(
                 )),
             ),
         };
+        let data = match (data, transcoder.as_mut()) {
+            (Some(data), Some(t)) => Some(t.chunk(&data)).filter(|d| !d.is_empty()),
+            (data, _) => data,
+        };
         if let Some(data) = data {
             if session
                 .write_response_body(Some(data), false)
@@ -162,8 +215,9 @@ pub async fn relay(
         }
         return Err(failure);
     }
+    let tail = transcoder.as_mut().map(AnthropicStream::finish);
     session
-        .write_response_body(None, true)
+        .write_response_body(tail, true)
         .await
         .map_err(|_| GatewayError::ClientGone)?;
     let idle_timeout = upstream.peer.options.idle_timeout;
@@ -202,4 +256,145 @@ async fn take_ready(upstream: &mut HttpSession, first: Bytes) -> (Bytes, pingora
         }
     };
     (buf.map_or(first, BytesMut::freeze), after)
+}
+
+/// The most a translated whole body may weigh before the gateway gives up on it.
+const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;
+
+/// A non-stream (or error) answer in another dialect: read whole, translated, sent with its
+/// length.
+async fn relay_whole(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    connector: &Connector,
+    mut upstream: UpstreamResponse,
+    limits: Limits,
+    first_chunk: Option<Bytes>,
+) -> Result<(), GatewayError> {
+    let status = upstream.header().status.as_u16();
+    let mut body = BytesMut::new();
+    if let Some(first) = first_chunk {
+        body.extend_from_slice(&first);
+    }
+    loop {
+        let wait = limits
+            .idle
+            .min(limits.deadline.saturating_duration_since(Instant::now()));
+        let waiting = Instant::now();
+        let read = pingora::time::timeout(wait, upstream.session.read_response_body()).await;
+        ctx.upstream_wait += waiting.elapsed();
+        match read {
+            Ok(Ok(Some(chunk))) if body.len() + chunk.len() <= MAX_TRANSLATED_BODY => {
+                body.extend_from_slice(&chunk)
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(_))) => {
+                upstream.session.shutdown().await;
+                return Err(GatewayError::UpstreamFailed(
+                    "the upstream answer is too large".into(),
+                ));
+            }
+            Ok(Err(e)) => {
+                upstream.session.shutdown().await;
+                return Err(GatewayError::UpstreamFailed(format!(
+                    "the upstream connection broke mid-response ({})",
+                    e.etype().as_str().to_lowercase()
+                )));
+            }
+            Err(_) => {
+                upstream.session.shutdown().await;
+                return Err(GatewayError::UpstreamTimeout(
+                    "no data from the upstream within the idle timeout".into(),
+                ));
+            }
+        }
+    }
+    let idle_timeout = upstream.peer.options.idle_timeout;
+    connector
+        .release_http_session(upstream.session, &*upstream.peer, idle_timeout)
+        .await;
+    let (status, json) = if status == 200 {
+        let response = anthropic::parse_response(&body).map_err(|e| {
+            GatewayError::UpstreamFailed(format!("unreadable upstream answer: {e}"))
+        })?;
+        (200, openai_format::render_response(&response, unix_now()))
+    } else {
+        // Anthropic's 529 "overloaded" is not a status clients know.
+        let status = if status == 529 { 503 } else { status };
+        let (message, kind) = anthropic::error_message(&body).unwrap_or_else(|| {
+            (
+                format!("The upstream answered HTTP {status}."),
+                "api_error".into(),
+            )
+        });
+        (
+            status,
+            json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
+        )
+    };
+    let bytes = Bytes::from(json.to_string());
+    let resp = client_header(
+        ctx,
+        status,
+        None,
+        Some("application/json"),
+        Some(bytes.len()),
+    )?;
+    session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(|_| GatewayError::ClientGone)?;
+    session
+        .write_response_body(Some(bytes), true)
+        .await
+        .map_err(|_| GatewayError::ClientGone)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An Anthropic event stream, re-spoken as OpenAI chunks as it arrives.
+struct AnthropicStream {
+    sse: SseParser,
+    events: Vec<StreamEvent>,
+    upstream: anthropic::StreamParser,
+    client: StreamRenderer,
+}
+
+impl AnthropicStream {
+    fn new(include_usage: bool) -> AnthropicStream {
+        AnthropicStream {
+            sse: SseParser::new(),
+            events: Vec::new(),
+            upstream: anthropic::StreamParser::default(),
+            client: StreamRenderer::new("", unix_now(), include_usage),
+        }
+    }
+
+    fn drain(&mut self) -> BytesMut {
+        let mut out = BytesMut::new();
+        for event in self.events.drain(..) {
+            self.client.render(event, &mut out);
+        }
+        out
+    }
+
+    fn chunk(&mut self, data: &[u8]) -> Bytes {
+        let (upstream, events) = (&mut self.upstream, &mut self.events);
+        self.sse
+            .feed(data, |event| upstream.on_event(event.data, events));
+        self.drain().freeze()
+    }
+
+    fn finish(&mut self) -> Bytes {
+        let (upstream, events) = (&mut self.upstream, &mut self.events);
+        self.sse
+            .finish(|event| upstream.on_event(event.data, events));
+        let mut out = self.drain();
+        self.client.finish(&mut out);
+        out.freeze()
+    }
 }

@@ -4,7 +4,7 @@
 //! differently translated body.
 
 use crate::config::runtime::RetryOn;
-use crate::providers::{openai_compat, Operation, Provider};
+use crate::providers::{self, Operation, Provider};
 use crate::upstream::Endpoint;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
@@ -133,7 +133,7 @@ pub async fn send(
     let peer = endpoint
         .peer()
         .ok_or_else(|| Failure::Connect(format!("{} did not resolve", endpoint.host)))?;
-    let req = openai_compat::request_header(
+    let req = providers::request_header(
         provider,
         endpoint,
         call.op,

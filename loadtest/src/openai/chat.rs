@@ -7,13 +7,12 @@ use http::StatusCode;
 use serde::Serialize;
 
 use super::request::{messages_tokens, ChatRequest};
-use super::stream::{self, ChunkFormat};
-use super::{answer_delay, invalid_json, missing, new_id, stream_plan, stream_usage};
-use super::{unix_now, StreamUsage, Usage};
-use crate::body::{json, sse_json, MockResponse};
+use super::{invalid_json, missing, stream_usage, unix_now, StreamUsage, Usage};
+use crate::body::{json, sse_json, MockResponse, SSE_DONE};
 use crate::config::MockConfig;
 use crate::state::Shared;
-use crate::text::{cap_tokens, completion_text, Finish};
+use crate::stream::{self, answer_delay, Plan, StreamFormat};
+use crate::text::{cap_tokens, completion_text, new_id, token_piece, Finish};
 
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
@@ -41,10 +40,11 @@ pub(crate) async fn handle(
         created: unix_now(),
         model,
         include_usage: gen.include_usage,
+        finish,
+        usage,
     };
     if gen.stream {
-        let plan = stream_plan(cfg, tokens, finish, usage);
-        return stream::start(shared, chunks, plan, running);
+        return stream::start(shared, chunks, Plan::new(cfg, tokens), running);
     }
     answer_delay(cfg).await;
     let content = completion_text(tokens);
@@ -102,6 +102,8 @@ struct ChatChunks {
     created: u64,
     model: String,
     include_usage: bool,
+    finish: Finish,
+    usage: Usage,
 }
 
 #[derive(Serialize)]
@@ -155,29 +157,29 @@ impl ChatChunks {
     }
 }
 
-impl ChunkFormat for ChatChunks {
-    fn opening(&self) -> Option<Bytes> {
+impl StreamFormat for ChatChunks {
+    fn opening(&self, out: &mut Vec<Bytes>) {
         let delta = Delta {
             role: Some("assistant"),
             content: Some(""),
         };
-        Some(self.choice_event(delta, None))
+        out.push(self.choice_event(delta, None));
     }
 
-    fn token(&self, piece: &str) -> Bytes {
+    fn token(&self, i: u32, out: &mut Vec<Bytes>) {
         let delta = Delta {
             role: None,
-            content: Some(piece),
+            content: Some(token_piece(i)),
         };
-        self.choice_event(delta, None)
+        out.push(self.choice_event(delta, None));
     }
 
-    fn finish(&self, reason: Finish) -> Bytes {
-        self.choice_event(Delta::default(), Some(reason.as_str()))
-    }
-
-    fn usage(&self, usage: Usage) -> Option<Bytes> {
-        self.include_usage.then(|| self.event(&[], Some(usage)))
+    fn closing(&self, out: &mut Vec<Bytes>) {
+        out.push(self.choice_event(Delta::default(), Some(self.finish.as_str())));
+        if self.include_usage {
+            out.push(self.event(&[], Some(self.usage)));
+        }
+        out.push(Bytes::from_static(SSE_DONE));
     }
 }
 
@@ -202,38 +204,40 @@ mod tests {
             created: 7,
             model: "m".into(),
             include_usage,
+            finish: Finish::Stop,
+            usage: Usage::new(1, 2),
         }
     }
 
-    #[test]
-    fn chunk_shapes_without_usage() {
-        let c = chunks(false);
+    #[tokio::test]
+    async fn chunk_shapes_without_usage() {
+        let events = stream::collect(&chunks(false), 2).await;
+        // role, 2 tokens, finish, [DONE]
+        assert_eq!(events.len(), 5);
         assert_eq!(
-            parse(&c.opening().unwrap()),
+            parse(&events[0]),
             json!({"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 7, "model": "m",
                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                 "logprobs": null, "finish_reason": null}]})
         );
         assert_eq!(
-            parse(&c.token(" hi"))["choices"][0]["delta"],
-            json!({"content": " hi"})
+            parse(&events[2])["choices"][0]["delta"],
+            json!({"content": " from"})
         );
-        let finish = parse(&c.finish(Finish::Stop));
+        let finish = parse(&events[3]);
         assert_eq!(finish["choices"][0]["delta"], json!({}));
         assert_eq!(finish["choices"][0]["finish_reason"], "stop");
         assert!(finish.get("usage").is_none());
-        assert!(c.usage(Usage::new(1, 2)).is_none());
+        assert_eq!(&events[4][..], SSE_DONE);
     }
 
-    #[test]
-    fn chunk_shapes_with_usage() {
-        let c = chunks(true);
-        assert_eq!(parse(&c.token("a"))["usage"], Value::Null);
-        assert!(parse(&c.token("a"))
-            .as_object()
-            .unwrap()
-            .contains_key("usage"));
-        let usage = parse(&c.usage(Usage::new(1, 2)).unwrap());
+    #[tokio::test]
+    async fn chunk_shapes_with_usage() {
+        let events = stream::collect(&chunks(true), 1).await;
+        // role, 1 token, finish, usage, [DONE]
+        assert_eq!(events.len(), 5);
+        assert_eq!(parse(&events[1]).get("usage"), Some(&Value::Null));
+        let usage = parse(&events[3]);
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(
             usage["usage"],

@@ -7,13 +7,12 @@ use http::StatusCode;
 use serde::Serialize;
 
 use super::request::CompletionRequest;
-use super::stream::{self, ChunkFormat};
-use super::{answer_delay, invalid_json, missing, new_id, stream_plan, stream_usage};
-use super::{unix_now, StreamUsage, Usage};
-use crate::body::{json, sse_json, MockResponse};
+use super::{invalid_json, missing, stream_usage, unix_now, StreamUsage, Usage};
+use crate::body::{json, sse_json, MockResponse, SSE_DONE};
 use crate::config::MockConfig;
 use crate::state::Shared;
-use crate::text::{cap_tokens, completion_text, estimate_tokens, Finish};
+use crate::stream::{self, answer_delay, Plan, StreamFormat};
+use crate::text::{cap_tokens, completion_text, estimate_tokens, new_id, token_piece, Finish};
 
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
@@ -42,10 +41,11 @@ pub(crate) async fn handle(
         created: unix_now(),
         model,
         include_usage: gen.include_usage,
+        finish,
+        usage,
     };
     if gen.stream {
-        let plan = stream_plan(cfg, tokens, finish, usage);
-        return stream::start(shared, chunks, plan, running);
+        return stream::start(shared, chunks, Plan::new(cfg, tokens), running);
     }
     answer_delay(cfg).await;
     let text = completion_text(tokens);
@@ -85,6 +85,8 @@ struct TextChunks {
     created: u64,
     model: String,
     include_usage: bool,
+    finish: Finish,
+    usage: Usage,
 }
 
 impl TextChunks {
@@ -114,22 +116,17 @@ impl TextChunks {
     }
 }
 
-impl ChunkFormat for TextChunks {
-    fn opening(&self) -> Option<Bytes> {
-        None
+impl StreamFormat for TextChunks {
+    fn token(&self, i: u32, out: &mut Vec<Bytes>) {
+        out.push(self.choice_event(token_piece(i), None));
     }
 
-    fn token(&self, piece: &str) -> Bytes {
-        self.choice_event(piece, None)
-    }
-
-    fn finish(&self, reason: Finish) -> Bytes {
-        self.choice_event("", Some(reason.as_str()))
-    }
-
-    fn usage(&self, usage: Usage) -> Option<Bytes> {
-        self.include_usage
-            .then(|| sse_json(&self.object(&[], Some(Some(usage)))))
+    fn closing(&self, out: &mut Vec<Bytes>) {
+        out.push(self.choice_event("", Some(self.finish.as_str())));
+        if self.include_usage {
+            out.push(sse_json(&self.object(&[], Some(Some(self.usage)))));
+        }
+        out.push(Bytes::from_static(SSE_DONE));
     }
 }
 
@@ -143,27 +140,29 @@ mod tests {
         serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap()
     }
 
-    #[test]
-    fn chunk_shapes() {
+    #[tokio::test]
+    async fn chunk_shapes() {
         let c = TextChunks {
             id: "cmpl-x".into(),
             created: 7,
             model: "m".into(),
             include_usage: true,
+            finish: Finish::Length,
+            usage: Usage::new(2, 3),
         };
-        assert!(c.opening().is_none());
+        let events = stream::collect(&c, 1).await;
+        // No opening: 1 token, finish, usage, [DONE]
+        assert_eq!(events.len(), 4);
         assert_eq!(
-            parse(&c.token("Hello")),
+            parse(&events[0]),
             json!({"id": "cmpl-x", "object": "text_completion", "created": 7, "model": "m",
                    "choices": [{"text": "Hello", "index": 0, "logprobs": null, "finish_reason": null}],
                    "usage": null})
         );
-        assert_eq!(
-            parse(&c.finish(Finish::Length))["choices"][0]["finish_reason"],
-            "length"
-        );
-        let usage = parse(&c.usage(Usage::new(2, 3)).unwrap());
+        assert_eq!(parse(&events[1])["choices"][0]["finish_reason"], "length");
+        let usage = parse(&events[2]);
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 5);
+        assert_eq!(&events[3][..], SSE_DONE);
     }
 }

@@ -4,9 +4,10 @@ use http::StatusCode;
 use serde::Serialize;
 
 use super::request::EmbeddingRequest;
-use super::{answer_delay, invalid_json, missing};
+use super::{invalid_json, missing};
 use crate::body::{json, MockResponse};
 use crate::config::MockConfig;
+use crate::stream::answer_delay;
 use crate::text::{embedding, embedding_base64};
 
 pub(crate) async fn handle(

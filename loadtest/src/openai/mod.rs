@@ -5,17 +5,14 @@ pub(crate) mod completions;
 pub(crate) mod embeddings;
 pub(crate) mod models;
 mod request;
-pub(crate) mod stream;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::body::MockResponse;
-use crate::config::MockConfig;
 use crate::errors::bad_request;
 use crate::router::Endpoint;
-use crate::text::Finish;
 
 /// The OpenAI endpoint at `path`, if any.
 pub(crate) fn route(path: &str) -> Option<Endpoint> {
@@ -69,14 +66,6 @@ fn stream_usage(include_usage: bool, usage: Option<Usage>) -> StreamUsage {
     include_usage.then_some(usage)
 }
 
-/// A random object id such as `chatcmpl-3kQ...`.
-fn new_id(prefix: &str) -> String {
-    let mut id = String::with_capacity(prefix.len() + 24);
-    id.push_str(prefix);
-    id.extend(std::iter::repeat_with(fastrand::alphanumeric).take(24));
-    id
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -91,24 +80,6 @@ fn invalid_json(e: &serde_json::Error) -> MockResponse {
 
 fn missing(param: &str) -> MockResponse {
     bad_request(&format!("Missing required parameter: '{param}'."))
-}
-
-/// Waits the configured `latency_ms` before a non-stream answer.
-async fn answer_delay(cfg: &MockConfig) {
-    if cfg.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(cfg.latency_ms)).await;
-    }
-}
-
-fn stream_plan(cfg: &MockConfig, tokens: u32, finish: Finish, usage: Usage) -> stream::Plan {
-    stream::Plan {
-        tokens,
-        finish,
-        usage,
-        ttft: Duration::from_millis(cfg.ttft_ms),
-        period: cfg.token_period(),
-        drop_after: cfg.drop_after_chunks,
-    }
 }
 
 #[cfg(test)]
@@ -132,12 +103,5 @@ mod tests {
         assert!(route("/openai/deployments//chat/completions").is_none());
         assert!(route("/openai/deployments/x/images").is_none());
         assert!(route("/v1/chat").is_none());
-    }
-
-    #[test]
-    fn ids_are_random_and_prefixed() {
-        let a = new_id("chatcmpl-");
-        assert!(a.starts_with("chatcmpl-") && a.len() == 33);
-        assert_ne!(a, new_id("chatcmpl-"));
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use crate::prompt::Content;
 use crate::text::estimate_tokens;
 
 #[derive(Deserialize)]
@@ -59,31 +60,12 @@ pub(crate) struct Message {
     content: Option<Content>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Deserialize)]
-struct ContentPart {
-    text: Option<String>,
-}
-
 /// Estimated prompt tokens of a conversation.
 pub(crate) fn messages_tokens(messages: &[Message]) -> u32 {
     let bytes = messages
         .iter()
-        .map(|m| match &m.content {
-            Some(Content::Text(t)) => t.len(),
-            Some(Content::Parts(parts)) => parts
-                .iter()
-                .filter_map(|p| p.text.as_ref())
-                .map(String::len)
-                .sum(),
-            None => 0,
-        })
+        .filter_map(|m| m.content.as_ref())
+        .map(Content::text_bytes)
         .sum();
     estimate_tokens(bytes, 0)
 }

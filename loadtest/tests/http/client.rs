@@ -169,6 +169,39 @@ pub fn sse_events(reply: &Reply) -> Vec<Option<Value>> {
         .collect()
 }
 
+/// Each HTTP chunk as text: the tests of named and CRLF-framed events
+/// parse these themselves.
+pub fn chunk_texts(reply: &Reply) -> Vec<String> {
+    reply
+        .chunks
+        .iter()
+        .map(|chunk| String::from_utf8(chunk.clone()).unwrap())
+        .collect()
+}
+
+/// Opens a stream and returns the connection once the first event arrived.
+pub async fn open_stream(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let req = raw_request("POST", path, headers, body.to_string().as_bytes());
+    stream.write_all(&req).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&seen, b"data: ").is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("first event within 5s")
+            .unwrap();
+        assert!(n > 0, "server closed before the first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stream
+}
+
 /// Polls `/mock/stats` until `key` reaches `want` (or fails after 5s).
 pub async fn wait_for_stat(addr: SocketAddr, key: &str, want: u64) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

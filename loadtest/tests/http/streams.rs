@@ -1,15 +1,12 @@
 //! Server-sent-event answers: order, usage, pacing side effects, drops and cancellation.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tollgate_mock::{MockConfig, MockKind};
 
 use crate::client::{
-    find, get_json, post_json, raw_request, send, sse_events, start, wait_for_stat,
+    get_json, open_stream, post_json, raw_request, send, sse_events, start, wait_for_stat,
 };
 
 fn stream_body(include_usage: bool) -> Value {
@@ -132,25 +129,6 @@ async fn drop_after_chunks_cuts_the_connection() {
     assert!(events.iter().all(Option::is_some), "no [DONE] after a drop");
 }
 
-/// Opens a stream and returns the connection once the first event arrived.
-async fn open_stream(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let body = stream_body(false).to_string();
-    let req = raw_request("POST", "/v1/chat/completions", &[], body.as_bytes());
-    stream.write_all(&req).await.unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while find(&seen, b"data: ").is_none() {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("first event within 5s")
-            .unwrap();
-        assert!(n > 0, "server closed before the first event");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    stream
-}
-
 #[tokio::test]
 async fn client_disconnect_cancels_the_stream() {
     // Paced so the stream would last 100s unless cancelled.
@@ -160,7 +138,7 @@ async fn client_disconnect_cancels_the_stream() {
         completion_tokens: 1000,
         ..MockConfig::default()
     });
-    let stream = open_stream(addr).await;
+    let stream = open_stream(addr, "/v1/chat/completions", &[], &stream_body(false)).await;
     let stats = get_json(addr, "/mock/stats").await;
     assert_eq!(stats["streams_started"], 1);
     assert_eq!(stats["streams_cancelled"], 0);

@@ -1,0 +1,166 @@
+//! Any provider, one API: an OpenAI client served by an Anthropic target, streaming included.
+
+use crate::harness::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+async fn gateway(anthropic: &Mock) -> (Gateway, Mock) {
+    let failing = Mock::start(&["--error-rate", "1", "--error-status", "503"]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}  - {{ name: claude, kind: anthropic, base_url: \"{}\", api_key: \"{UPSTREAM_KEY}\" }}\nmodels:\n  - name: m\n    targets:\n      - {{ provider: first, model: gpt-4o }}\n      - {{ provider: claude, model: claude-sonnet-4-5, max_tokens_default: 512 }}\n",
+        provider("first", &failing.url()),
+        anthropic.url()
+    ))
+    .await;
+    (gw, failing)
+}
+
+async fn sse_data(resp: reqwest::Response) -> Vec<String> {
+    let mut text = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openai_client_gets_openai_json_from_an_anthropic_failover() {
+    let claude = Mock::start(&["--kind", "anthropic", "--api-key", UPSTREAM_KEY]);
+    let (gw, _failing) = gateway(&claude).await;
+    let r = gw.chat("m", false).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tollgate-attempts"], "2");
+    assert_eq!(r.headers()["x-tollgate-provider"], "claude");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hello"),
+        "{body}"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(
+        body["usage"]["total_tokens"].as_u64().unwrap(),
+        body["usage"]["prompt_tokens"].as_u64().unwrap()
+            + body["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+
+    let seen = claude.requests().await;
+    assert_eq!(seen[0]["path"], "/v1/messages");
+    assert_eq!(seen[0]["headers"]["x-api-key"], UPSTREAM_KEY);
+    assert_eq!(seen[0]["headers"]["anthropic-version"], "2023-06-01");
+    assert_eq!(seen[0]["model"], "claude-sonnet-4-5");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openai_client_gets_openai_chunks_from_an_anthropic_stream() {
+    let claude = Mock::start(&[
+        "--kind",
+        "anthropic",
+        "--tokens-per-sec",
+        "200",
+        "--completion-tokens",
+        "6",
+    ]);
+    let (gw, _failing) = gateway(&claude).await;
+    let mut body = chat_body("m", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let data = sse_data(r).await;
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text.split_whitespace().count(), 6, "{text}");
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 6, "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_calls_survive_openai_to_anthropic_and_back_in_a_stream() {
+    let claude = Mock::start(&["--kind", "anthropic"]);
+    let (gw, _failing) = gateway(&claude).await;
+    let body = json!({
+        "model": "m",
+        "stream": true,
+        "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}],
+    });
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let data = sse_data(r).await;
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert!(calls[0]["id"].is_string());
+    let arguments: String = calls
+        .iter()
+        .filter_map(|c| c["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"location": "Paris"})
+    );
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+    // What went upstream was Anthropic's tool format.
+    let seen = claude.requests().await;
+    assert_eq!(seen.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_errors_reach_an_openai_client_in_openai_shape() {
+    let claude = Mock::start(&[
+        "--kind",
+        "anthropic",
+        "--error-rate",
+        "1",
+        "--error-status",
+        "400",
+    ]);
+    let (gw, _failing) = gateway(&claude).await;
+    let r = gw.chat("m", false).await;
+    let e = expect_error(r, 400, None).await;
+    assert_eq!(e["type"], "invalid_request_error", "{e}");
+}
