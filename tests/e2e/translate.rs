@@ -164,3 +164,32 @@ async fn anthropic_errors_reach_an_openai_client_in_openai_shape() {
     let e = expect_error(r, 400, None).await;
     assert_eq!(e["type"], "invalid_request_error", "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anthropic_error_event_mid_stream_ends_the_openai_stream_with_one_error() {
+    let claude = Mock::start(&["--kind", "anthropic", "--error-event-after-chunks", "5"]);
+    let (gw, _failing) = gateway(&claude).await;
+    let r = gw.chat("m", true).await;
+    assert_eq!(r.status(), 200);
+    let data = sse_data(r).await;
+    assert!(!data.contains(&"[DONE]".to_string()), "{data:?}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["message"], "Overloaded", "{last}");
+    assert!(data.len() >= 2, "the text before the error was relayed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_529_overloaded_fails_over() {
+    let claude = Mock::start(&["--kind", "anthropic", "--error-rate", "1", "--error-status", "529"]);
+    let backup = Mock::start(&[]);
+    let gw = Gateway::start(&format!(
+        "providers:\n  - {{ name: claude, kind: anthropic, base_url: \"{}\" }}\n{}models:\n  - name: m\n    targets: [{{ provider: claude, model: claude-sonnet-4-5 }}, {{ provider: backup, model: gpt-4o }}]\n",
+        claude.url(),
+        provider("backup", &backup.url())
+    ))
+    .await;
+    let r = gw.chat("m", false).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tollgate-provider"], "backup");
+    assert_eq!(r.headers()["x-tollgate-attempts"], "2");
+}
