@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod chat;
 pub mod openai_compat;
 pub mod openai_format;
+pub mod transcode;
 
 use crate::config::secret::Secret;
 use crate::upstream::state::OutlierPolicy;

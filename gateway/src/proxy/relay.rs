@@ -6,8 +6,8 @@ use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
 use crate::providers::anthropic;
-use crate::providers::chat::StreamEvent;
-use crate::providers::openai_format::{self, StreamRenderer};
+use crate::providers::openai_format;
+use crate::providers::transcode::{StreamTranscoder, UpstreamStream};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
@@ -16,7 +16,6 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tollgate_plugins::sse::SseParser;
 
 /// Upstream headers that describe the upstream connection or account, not the response.
 fn forwardable(name: &HeaderName) -> bool {
@@ -119,7 +118,11 @@ pub async fn relay(
     let mut transcoder = match translation {
         Translation::None => None,
         Translation::FromAnthropic { include_usage } if client_streaming && status == 200 => {
-            Some(AnthropicStream::new(include_usage))
+            Some(StreamTranscoder::new(
+                UpstreamStream::Anthropic(Default::default()),
+                unix_now(),
+                include_usage,
+            ))
         }
         Translation::FromAnthropic { .. } => {
             return relay_whole(session, ctx, connector, upstream, limits, first_chunk).await
@@ -215,7 +218,7 @@ pub async fn relay(
         }
         return Err(failure);
     }
-    let tail = transcoder.as_mut().map(AnthropicStream::finish);
+    let tail = transcoder.as_mut().map(StreamTranscoder::finish);
     session
         .write_response_body(tail, true)
         .await
@@ -354,47 +357,4 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// An Anthropic event stream, re-spoken as OpenAI chunks as it arrives.
-struct AnthropicStream {
-    sse: SseParser,
-    events: Vec<StreamEvent>,
-    upstream: anthropic::StreamParser,
-    client: StreamRenderer,
-}
-
-impl AnthropicStream {
-    fn new(include_usage: bool) -> AnthropicStream {
-        AnthropicStream {
-            sse: SseParser::new(),
-            events: Vec::new(),
-            upstream: anthropic::StreamParser::default(),
-            client: StreamRenderer::new("", unix_now(), include_usage),
-        }
-    }
-
-    fn drain(&mut self) -> BytesMut {
-        let mut out = BytesMut::new();
-        for event in self.events.drain(..) {
-            self.client.render(event, &mut out);
-        }
-        out
-    }
-
-    fn chunk(&mut self, data: &[u8]) -> Bytes {
-        let (upstream, events) = (&mut self.upstream, &mut self.events);
-        self.sse
-            .feed(data, |event| upstream.on_event(event.data, events));
-        self.drain().freeze()
-    }
-
-    fn finish(&mut self) -> Bytes {
-        let (upstream, events) = (&mut self.upstream, &mut self.events);
-        self.sse
-            .finish(|event| upstream.on_event(event.data, events));
-        let mut out = self.drain();
-        self.client.finish(&mut out);
-        out.freeze()
-    }
 }
