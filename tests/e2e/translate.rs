@@ -180,7 +180,14 @@ async fn an_anthropic_error_event_mid_stream_ends_the_openai_stream_with_one_err
 
 #[tokio::test(flavor = "multi_thread")]
 async fn anthropic_529_overloaded_fails_over() {
-    let claude = Mock::start(&["--kind", "anthropic", "--error-rate", "1", "--error-status", "529"]);
+    let claude = Mock::start(&[
+        "--kind",
+        "anthropic",
+        "--error-rate",
+        "1",
+        "--error-status",
+        "529",
+    ]);
     let backup = Mock::start(&[]);
     let gw = Gateway::start(&format!(
         "providers:\n  - {{ name: claude, kind: anthropic, base_url: \"{}\" }}\n{}models:\n  - name: m\n    targets: [{{ provider: claude, model: claude-sonnet-4-5 }}, {{ provider: backup, model: gpt-4o }}]\n",
