@@ -210,6 +210,8 @@ pub struct TargetSection {
     pub weight: Option<u32>,
     /// `max_tokens` for providers that require one (Anthropic) when the client sets none.
     pub max_tokens_default: Option<u64>,
+    /// How chat turns become Triton's `text_input`: plain | llama3 | chatml.
+    pub prompt_template: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

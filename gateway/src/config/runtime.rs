@@ -6,6 +6,7 @@ use super::secret::Secret;
 use super::units::format_duration;
 use super::ConfigError;
 use crate::catalog::{Catalog, ModelFacts, Prices, Tokenizer};
+use crate::providers::triton::PromptTemplate;
 use crate::providers::{HealthCheck, Provider, ProviderKind, Timeouts};
 use crate::router::context::ContextPolicy;
 use crate::router::geo::{resident, Geo};
@@ -84,6 +85,8 @@ pub struct Target {
     pub facts: Option<ModelFacts>,
     /// `max_tokens` sent to providers that require one when the client sets none.
     pub max_tokens_default: u64,
+    /// How chat turns become a Triton prompt.
+    pub prompt_template: PromptTemplate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -858,11 +861,21 @@ fn build_model(
                 "must be at least 1",
             ));
         }
+        let prompt_template = match t.prompt_template.as_deref() {
+            None => PromptTemplate::Plain,
+            Some(name) => PromptTemplate::parse(name).ok_or_else(|| {
+                cx.err(
+                    format!("{path}.targets[{i}].prompt_template"),
+                    format!("unknown prompt template {name:?} (known: plain, llama3, chatml)"),
+                )
+            })?,
+        };
         targets.push(Target {
             provider: provider.clone(),
             model: t.model,
             weight,
             facts,
+            prompt_template,
             max_tokens_default: t
                 .max_tokens_default
                 .unwrap_or(crate::providers::anthropic::DEFAULT_MAX_TOKENS),

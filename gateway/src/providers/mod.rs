@@ -3,17 +3,24 @@
 
 pub mod anthropic;
 pub mod chat;
+pub mod gemini;
 pub mod openai_compat;
 pub mod openai_format;
 pub mod transcode;
+pub mod triton;
 
+use crate::catalog::Tokenizer;
+use crate::config::runtime::Target;
 use crate::config::secret::Secret;
 use crate::upstream::state::OutlierPolicy;
 use crate::upstream::{Endpoint, Pool};
+use chat::{ChatRequest, ChatResponse};
 use pingora::http::RequestHeader;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+use transcode::UpstreamStream;
+use triton::PromptTemplate;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProviderKind {
@@ -22,20 +29,27 @@ pub enum ProviderKind {
     Vllm,
     Ollama,
     Anthropic,
+    Gemini,
+    Triton,
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 5] = [
+    pub const ALL: [ProviderKind; 7] = [
         ProviderKind::Openai,
         ProviderKind::AzureOpenai,
         ProviderKind::Vllm,
         ProviderKind::Ollama,
         ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Triton,
     ];
 
     /// Takes OpenAI's wire format as it is (only the model name changes).
     pub fn speaks_openai(self) -> bool {
-        !matches!(self, ProviderKind::Anthropic)
+        !matches!(
+            self,
+            ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Triton
+        )
     }
 
     /// Whether this kind can serve `op` at all.
@@ -50,6 +64,8 @@ impl ProviderKind {
             ProviderKind::Vllm => "vllm",
             ProviderKind::Ollama => "ollama",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Triton => "triton",
         }
     }
 
@@ -118,6 +134,8 @@ impl ProviderKind {
             ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Anthropic => {
                 "/v1/models"
             }
+            ProviderKind::Gemini => "/v1beta/models",
+            ProviderKind::Triton => "/v2/health/ready",
         }
     }
 }
@@ -128,11 +146,90 @@ pub fn request_header(
     endpoint: &Endpoint,
     op: Operation,
     upstream_model: &str,
+    stream: bool,
     body_len: usize,
 ) -> pingora::Result<RequestHeader> {
     match provider.kind {
         ProviderKind::Anthropic => anthropic::request_header(provider, endpoint, body_len),
+        ProviderKind::Gemini => {
+            gemini::request_header(provider, endpoint, upstream_model, stream, body_len)
+        }
+        ProviderKind::Triton => {
+            triton::request_header(provider, endpoint, upstream_model, stream, body_len)
+        }
         _ => openai_compat::request_header(provider, endpoint, op, upstream_model, body_len),
+    }
+}
+
+/// How a provider that does not speak OpenAI's format answers, for translating it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Anthropic,
+    Gemini,
+    Triton {
+        template: PromptTemplate,
+        tokenizer: Tokenizer,
+    },
+}
+
+impl Dialect {
+    /// The request body for `target` in this dialect, and the dialect to read answers in.
+    pub fn translate(
+        kind: ProviderKind,
+        chat: &ChatRequest,
+        target: &Target,
+    ) -> Option<(Dialect, serde_json::Value)> {
+        Some(match kind {
+            ProviderKind::Anthropic => (
+                Dialect::Anthropic,
+                anthropic::request_body(chat, &target.model, target.max_tokens_default),
+            ),
+            ProviderKind::Gemini => (Dialect::Gemini, gemini::request_body(chat)),
+            ProviderKind::Triton => (
+                Dialect::Triton {
+                    template: target.prompt_template,
+                    tokenizer: target.facts.map_or(Tokenizer::Cl100k, |f| f.tokenizer),
+                },
+                triton::request_body(chat, target.prompt_template),
+            ),
+            _ => return None,
+        })
+    }
+
+    /// A whole answer in the gateway's model.
+    pub fn parse_response(self, body: &[u8], chat: &ChatRequest) -> Result<ChatResponse, String> {
+        match self {
+            Dialect::Anthropic => anthropic::parse_response(body),
+            Dialect::Gemini => gemini::parse_response(body),
+            Dialect::Triton {
+                template,
+                tokenizer,
+            } => triton::parse_response(body, chat, template, tokenizer),
+        }
+    }
+
+    /// An error body's message and OpenAI error type.
+    pub fn error_message(self, body: &[u8]) -> Option<(String, String)> {
+        match self {
+            Dialect::Anthropic => anthropic::error_message(body),
+            Dialect::Gemini => gemini::error_message(body),
+            Dialect::Triton { .. } => triton::error_message(body),
+        }
+    }
+
+    /// The parser for this dialect's stream events.
+    pub fn stream(self, chat: &ChatRequest) -> UpstreamStream {
+        match self {
+            Dialect::Anthropic => UpstreamStream::Anthropic(Default::default()),
+            Dialect::Gemini => UpstreamStream::Gemini(Default::default()),
+            Dialect::Triton {
+                template,
+                tokenizer,
+            } => {
+                let input = crate::tokens::count(tokenizer, &template.render(chat));
+                UpstreamStream::Triton(triton::StreamParser::new(input, chat.max_tokens, tokenizer))
+            }
+        }
     }
 }
 

@@ -2,21 +2,32 @@
 //! parsed once, the provider adapter turns events into the gateway's stream events, and the
 //! client renderer writes them out.
 
-use super::anthropic;
 use super::chat::StreamEvent;
 use super::openai_format::StreamRenderer;
+use super::{anthropic, gemini, triton};
 use bytes::{Bytes, BytesMut};
 use tollgate_plugins::sse::SseParser;
 
 /// The provider side of a translated stream.
 pub enum UpstreamStream {
     Anthropic(anthropic::StreamParser),
+    Gemini(gemini::StreamParser),
+    Triton(triton::StreamParser),
 }
 
 impl UpstreamStream {
     fn on_event(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
         match self {
             UpstreamStream::Anthropic(p) => p.on_event(data, out),
+            UpstreamStream::Gemini(p) => p.on_event(data, out),
+            UpstreamStream::Triton(p) => p.on_event(data, out),
+        }
+    }
+
+    /// Streams that end by closing (Triton's) say how they ended only now.
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) {
+        if let UpstreamStream::Triton(p) = self {
+            p.finish(out);
         }
     }
 }
@@ -59,6 +70,7 @@ impl StreamTranscoder {
         let (upstream, events) = (&mut self.upstream, &mut self.events);
         self.sse
             .finish(|event| upstream.on_event(event.data, events));
+        self.upstream.finish(&mut self.events);
         let mut out = self.drain();
         self.client.finish(&mut out);
         out.freeze()

@@ -12,7 +12,7 @@ use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::chat::ChatRequest;
-use crate::providers::{anthropic, openai_format, Operation, Provider};
+use crate::providers::{openai_format, Dialect, Operation, Provider};
 use crate::router::Pick;
 use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
@@ -360,12 +360,13 @@ impl Gateway {
                 Ok(chat) => chat,
                 Err(e) => return Attempt::Done(Err(e.clone())),
             };
-            let translated =
-                anthropic::request_body(chat, &target.model, target.max_tokens_default);
+            let (dialect, translated) = Dialect::translate(target.provider.kind, chat, target)
+                .expect("only non-OpenAI kinds reach here");
             (
                 Bytes::from(serde_json::to_vec(&translated).expect("a JSON value serializes")),
-                Translation::FromAnthropic {
-                    include_usage: chat.include_usage,
+                Translation::ToOpenAi {
+                    from: dialect,
+                    chat,
                 },
             )
         };
@@ -373,6 +374,7 @@ impl Gateway {
         let _in_flight = state.begin();
         let call = Call {
             op,
+            stream: head.stream,
             body: upstream_body,
             upstream_model: &target.model,
             deadline: Instant::now() + target.provider.timeouts.total,

@@ -5,9 +5,10 @@
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
-use crate::providers::anthropic;
+use crate::providers::chat::ChatRequest;
 use crate::providers::openai_format;
-use crate::providers::transcode::{StreamTranscoder, UpstreamStream};
+use crate::providers::transcode::StreamTranscoder;
+use crate::providers::Dialect;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
@@ -45,12 +46,15 @@ pub struct Limits {
 }
 
 /// What the client gets when the upstream speaks another dialect than the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Translation {
+#[derive(Clone, Copy, Debug)]
+pub enum Translation<'a> {
     /// The upstream speaks the client's format: bytes pass through.
     None,
-    /// An Anthropic Messages upstream answering an OpenAI client.
-    FromAnthropic { include_usage: bool },
+    /// The upstream's answer is translated into OpenAI's format for the client's request.
+    ToOpenAi {
+        from: Dialect,
+        chat: &'a ChatRequest,
+    },
 }
 
 /// The client's response header: the upstream's own headers when its body passes through,
@@ -112,20 +116,26 @@ pub async fn relay(
     limits: Limits,
     client_streaming: bool,
     mut first_chunk: Option<Bytes>,
-    translation: Translation,
+    translation: Translation<'_>,
 ) -> Result<(), GatewayError> {
     let status = upstream.header().status.as_u16();
     let mut transcoder = match translation {
         Translation::None => None,
-        Translation::FromAnthropic { include_usage } if client_streaming && status == 200 => {
-            Some(StreamTranscoder::new(
-                UpstreamStream::Anthropic(Default::default()),
-                unix_now(),
-                include_usage,
-            ))
-        }
-        Translation::FromAnthropic { .. } => {
-            return relay_whole(session, ctx, connector, upstream, limits, first_chunk).await
+        Translation::ToOpenAi { from, chat } if client_streaming && status == 200 => Some(
+            StreamTranscoder::new(from.stream(chat), unix_now(), chat.include_usage),
+        ),
+        Translation::ToOpenAi { from, chat } => {
+            return relay_whole(
+                session,
+                ctx,
+                connector,
+                upstream,
+                limits,
+                first_chunk,
+                from,
+                chat,
+            )
+            .await
         }
     };
     let Limits { deadline, idle } = limits;
@@ -266,6 +276,7 @@ const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;
 
 /// A non-stream (or error) answer in another dialect: read whole, translated, sent with its
 /// length.
+#[allow(clippy::too_many_arguments)]
 async fn relay_whole(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -273,6 +284,8 @@ async fn relay_whole(
     mut upstream: UpstreamResponse,
     limits: Limits,
     first_chunk: Option<Bytes>,
+    dialect: Dialect,
+    chat: &ChatRequest,
 ) -> Result<(), GatewayError> {
     let status = upstream.header().status.as_u16();
     let mut body = BytesMut::new();
@@ -317,14 +330,14 @@ async fn relay_whole(
         .release_http_session(upstream.session, &*upstream.peer, idle_timeout)
         .await;
     let (status, json) = if status == 200 {
-        let response = anthropic::parse_response(&body).map_err(|e| {
+        let response = dialect.parse_response(&body, chat).map_err(|e| {
             GatewayError::UpstreamFailed(format!("unreadable upstream answer: {e}"))
         })?;
         (200, openai_format::render_response(&response, unix_now()))
     } else {
         // Anthropic's 529 "overloaded" is not a status clients know.
         let status = if status == 529 { 503 } else { status };
-        let (message, kind) = anthropic::error_message(&body).unwrap_or_else(|| {
+        let (message, kind) = dialect.error_message(&body).unwrap_or_else(|| {
             (
                 format!("The upstream answered HTTP {status}."),
                 "api_error".into(),

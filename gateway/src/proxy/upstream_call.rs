@@ -117,6 +117,8 @@ pub fn retry_after(header: &ResponseHeader, now: std::time::SystemTime) -> Optio
 /// Everything about the request that stays the same across attempts.
 pub struct Call<'a> {
     pub op: Operation,
+    /// The client asked for a stream (some providers have separate stream paths).
+    pub stream: bool,
     pub body: Bytes,
     pub upstream_model: &'a str,
     pub deadline: Instant,
@@ -138,6 +140,7 @@ pub async fn send(
         endpoint,
         call.op,
         call.upstream_model,
+        call.stream,
         call.body.len(),
     )
     .map_err(|e| Failure::Connect(e.to_string()))?;
