@@ -2,6 +2,7 @@
 //! upstream's wire format.
 
 pub mod anthropic;
+pub mod anthropic_format;
 pub mod chat;
 pub mod gemini;
 pub mod openai_compat;
