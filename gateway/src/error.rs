@@ -114,6 +114,34 @@ impl GatewayError {
         )
     }
 
+    /// The error in Anthropic's shape, for `/v1/messages` clients.
+    pub fn anthropic_body(&self) -> Bytes {
+        let kind = match self.status() {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            _ => "api_error",
+        };
+        Bytes::from(
+            json!({"type": "error", "error": {"type": kind, "message": self.to_string()}})
+                .to_string(),
+        )
+    }
+
+    /// The same error as one Anthropic SSE `error` event, for a stream that already started.
+    pub fn anthropic_sse_event(&self) -> Bytes {
+        let body = self.anthropic_body();
+        let mut out = Vec::with_capacity(body.len() + 24);
+        out.extend_from_slice(b"event: error\ndata: ");
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
     /// The same error as one SSE event, for a stream that already started.
     pub fn sse_event(&self) -> Bytes {
         let event = json!({"error": {

@@ -282,3 +282,103 @@ async fn triton_second_target_answers_in_openai_format() {
     // Triton reports no usage: the gateway counts it, so only its presence is checked.
     check_both_ways("triton", ", prompt_template: plain", false).await;
 }
+
+async fn messages(gw: &Gateway, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(gw.url("/v1/messages"))
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_clients_are_served_by_any_target() {
+    let openai = Mock::start(&["--tokens-per-sec", "200", "--completion-tokens", "4"]);
+    let claude = Mock::start(&["--kind", "anthropic", "--completion-tokens", "4"]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}  - {{ name: claude, kind: anthropic, base_url: \"{}\" }}\nmodels:\n  - name: via-openai\n    targets: [{{ provider: up, model: gpt-4o }}]\n  - name: via-claude\n    targets: [{{ provider: claude, model: claude-sonnet-4-5 }}]\n",
+        provider("up", &openai.url()),
+        claude.url()
+    ))
+    .await;
+    let body = |model: &str, stream: bool| {
+        json!({"model": model, "max_tokens": 50, "stream": stream, "system": "Be brief.",
+               "messages": [{"role": "user", "content": "Say hello"}]})
+    };
+    for model in ["via-openai", "via-claude"] {
+        let r = messages(&gw, body(model, false)).await;
+        assert_eq!(r.status(), 200, "{model}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "message", "{model}: {v}");
+        assert_eq!(v["content"][0]["type"], "text");
+        assert_eq!(
+            v["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .count(),
+            4,
+            "{model}: {v}"
+        );
+        assert!(
+            v["usage"]["output_tokens"].as_u64().unwrap() > 0,
+            "{model}: {v}"
+        );
+
+        let r = messages(&gw, body(model, true)).await;
+        assert_eq!(r.status(), 200);
+        let mut events = Vec::new();
+        let mut text = String::new();
+        for chunk in sse_events(r).await {
+            if let Some(delta) = chunk.1["delta"]["text"].as_str() {
+                text.push_str(delta);
+            }
+            events.push(chunk.0);
+        }
+        assert_eq!(
+            events.first().map(String::as_str),
+            Some("message_start"),
+            "{model}: {events:?}"
+        );
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("message_stop"),
+            "{model}: {events:?}"
+        );
+        assert!(events.contains(&"message_delta".to_string()));
+        assert_eq!(text.split_whitespace().count(), 4, "{model}: {text}");
+    }
+    // The OpenAI-style target got an OpenAI request with usage asked for.
+    let seen = openai.requests().await;
+    assert_eq!(seen[0]["path"], "/v1/chat/completions");
+    assert_eq!(claude.requests().await[0]["path"], "/v1/messages");
+
+    // Errors answer in Anthropic's shape.
+    let r = messages(&gw, body("nope", false)).await;
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "not_found_error");
+}
+
+/// (event type, data JSON) of an SSE response.
+async fn sse_events(resp: reqwest::Response) -> Vec<(String, Value)> {
+    let text = resp.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut kind = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(k) = line.strip_prefix("event: ") {
+                    kind = Some(k.to_string());
+                }
+                if let Some(d) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(d).ok();
+                }
+            }
+            Some((kind?, data?))
+        })
+        .collect()
+}

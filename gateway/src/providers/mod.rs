@@ -7,6 +7,7 @@ pub mod chat;
 pub mod gemini;
 pub mod openai_compat;
 pub mod openai_format;
+pub mod openai_upstream;
 pub mod transcode;
 pub mod triton;
 
@@ -55,7 +56,7 @@ impl ProviderKind {
 
     /// Whether this kind can serve `op` at all.
     pub fn supports(self, op: Operation) -> bool {
-        self.speaks_openai() || op == Operation::ChatCompletions
+        self.speaks_openai() || matches!(op, Operation::ChatCompletions | Operation::Messages)
     }
 
     pub fn name(self) -> &'static str {
@@ -162,9 +163,42 @@ pub fn request_header(
     }
 }
 
-/// How a provider that does not speak OpenAI's format answers, for translating it back.
+/// The wire format a client speaks; answers go back in it whatever the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFormat {
+    OpenAi,
+    Anthropic,
+}
+
+impl ClientFormat {
+    pub fn for_op(op: Operation) -> ClientFormat {
+        match op {
+            Operation::Messages => ClientFormat::Anthropic,
+            _ => ClientFormat::OpenAi,
+        }
+    }
+
+    /// The client's request in the gateway's chat model.
+    pub fn parse_request(self, body: &[u8]) -> Result<ChatRequest, crate::error::GatewayError> {
+        match self {
+            ClientFormat::OpenAi => openai_format::parse_request(body),
+            ClientFormat::Anthropic => anthropic_format::parse_request(body),
+        }
+    }
+
+    /// Whether a provider of `kind` answers in this format already (bytes pass through).
+    pub fn native_to(self, kind: ProviderKind) -> bool {
+        match self {
+            ClientFormat::OpenAi => kind.speaks_openai(),
+            ClientFormat::Anthropic => kind == ProviderKind::Anthropic,
+        }
+    }
+}
+
+/// How a provider answers, for translating it into the client's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
+    OpenAi,
     Anthropic,
     Gemini,
     Triton {
@@ -179,8 +213,8 @@ impl Dialect {
         kind: ProviderKind,
         chat: &ChatRequest,
         target: &Target,
-    ) -> Option<(Dialect, serde_json::Value)> {
-        Some(match kind {
+    ) -> (Dialect, serde_json::Value) {
+        match kind {
             ProviderKind::Anthropic => (
                 Dialect::Anthropic,
                 anthropic::request_body(chat, &target.model, target.max_tokens_default),
@@ -193,13 +227,17 @@ impl Dialect {
                 },
                 triton::request_body(chat, target.prompt_template),
             ),
-            _ => return None,
-        })
+            _ => (
+                Dialect::OpenAi,
+                openai_upstream::request_body(chat, &target.model),
+            ),
+        }
     }
 
     /// A whole answer in the gateway's model.
     pub fn parse_response(self, body: &[u8], chat: &ChatRequest) -> Result<ChatResponse, String> {
         match self {
+            Dialect::OpenAi => openai_upstream::parse_response(body),
             Dialect::Anthropic => anthropic::parse_response(body),
             Dialect::Gemini => gemini::parse_response(body),
             Dialect::Triton {
@@ -212,6 +250,7 @@ impl Dialect {
     /// An error body's message and OpenAI error type.
     pub fn error_message(self, body: &[u8]) -> Option<(String, String)> {
         match self {
+            Dialect::OpenAi => openai_upstream::error_message(body),
             Dialect::Anthropic => anthropic::error_message(body),
             Dialect::Gemini => gemini::error_message(body),
             Dialect::Triton { .. } => triton::error_message(body),
@@ -221,6 +260,7 @@ impl Dialect {
     /// The parser for this dialect's stream events.
     pub fn stream(self, chat: &ChatRequest) -> UpstreamStream {
         match self {
+            Dialect::OpenAi => UpstreamStream::OpenAi(Default::default()),
             Dialect::Anthropic => UpstreamStream::Anthropic(Default::default()),
             Dialect::Gemini => UpstreamStream::Gemini(Default::default()),
             Dialect::Triton {
@@ -240,6 +280,8 @@ pub enum Operation {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's Messages API, for Anthropic-format clients.
+    Messages,
 }
 
 impl Operation {
@@ -248,6 +290,7 @@ impl Operation {
             "/v1/chat/completions" => Some(Operation::ChatCompletions),
             "/v1/completions" => Some(Operation::Completions),
             "/v1/embeddings" => Some(Operation::Embeddings),
+            "/v1/messages" => Some(Operation::Messages),
             _ => None,
         }
     }

@@ -41,7 +41,8 @@ fn upstream_path(
     upstream_model: &str,
 ) -> String {
     let suffix = match op {
-        Operation::ChatCompletions => "chat/completions",
+        // A Messages request reaches an OpenAI-style provider translated into chat.
+        Operation::ChatCompletions | Operation::Messages => "chat/completions",
         Operation::Completions => "completions",
         Operation::Embeddings => "embeddings",
     };

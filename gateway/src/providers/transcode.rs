@@ -4,12 +4,13 @@
 
 use super::chat::StreamEvent;
 use super::openai_format::StreamRenderer;
-use super::{anthropic, gemini, triton};
+use super::{anthropic, anthropic_format, gemini, openai_upstream, triton};
 use bytes::{Bytes, BytesMut};
 use tollgate_plugins::sse::SseParser;
 
 /// The provider side of a translated stream.
 pub enum UpstreamStream {
+    OpenAi(openai_upstream::ChunkParser),
     Anthropic(anthropic::StreamParser),
     Gemini(gemini::StreamParser),
     Triton(triton::StreamParser),
@@ -18,6 +19,7 @@ pub enum UpstreamStream {
 impl UpstreamStream {
     fn on_event(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
         match self {
+            UpstreamStream::OpenAi(p) => p.on_event(data, out),
             UpstreamStream::Anthropic(p) => p.on_event(data, out),
             UpstreamStream::Gemini(p) => p.on_event(data, out),
             UpstreamStream::Triton(p) => p.on_event(data, out),
@@ -32,20 +34,42 @@ impl UpstreamStream {
     }
 }
 
+/// The client side of a translated stream.
+pub enum ClientStream {
+    OpenAi(StreamRenderer),
+    Anthropic(anthropic_format::StreamRenderer),
+}
+
+impl ClientStream {
+    fn render(&mut self, event: StreamEvent, out: &mut BytesMut) {
+        match self {
+            ClientStream::OpenAi(r) => r.render(event, out),
+            ClientStream::Anthropic(r) => r.render(event, out),
+        }
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        match self {
+            ClientStream::OpenAi(r) => r.finish(out),
+            ClientStream::Anthropic(r) => r.finish(out),
+        }
+    }
+}
+
 pub struct StreamTranscoder {
     sse: SseParser,
     events: Vec<StreamEvent>,
     upstream: UpstreamStream,
-    client: StreamRenderer,
+    client: ClientStream,
 }
 
 impl StreamTranscoder {
-    pub fn new(upstream: UpstreamStream, created: u64, include_usage: bool) -> StreamTranscoder {
+    pub fn new(upstream: UpstreamStream, client: ClientStream) -> StreamTranscoder {
         StreamTranscoder {
             sse: SseParser::new(),
             events: Vec::new(),
             upstream,
-            client: StreamRenderer::new("", created, include_usage),
+            client,
         }
     }
 
@@ -102,7 +126,10 @@ mod tests {
             Some("anthropic") => UpstreamStream::Anthropic(Default::default()),
             other => panic!("no upstream for {other:?}"),
         };
-        StreamTranscoder::new(upstream, 0, include_usage)
+        StreamTranscoder::new(
+            upstream,
+            ClientStream::OpenAi(StreamRenderer::new("", 0, include_usage)),
+        )
     }
 
     fn run(name: &str, include_usage: bool, chunks: &[&[u8]]) -> String {

@@ -12,7 +12,7 @@ use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::chat::ChatRequest;
-use crate::providers::{openai_format, Dialect, Operation, Provider};
+use crate::providers::{ClientFormat, Dialect, Operation, Provider};
 use crate::router::Pick;
 use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
@@ -83,6 +83,8 @@ pub struct RequestCtx {
     route: Cow<'static, str>,
     /// Messages dropped by `context: truncate_middle`.
     truncated: Option<usize>,
+    /// The wire format the client speaks, for answers and errors.
+    client: ClientFormat,
     attempts: u32,
     upstream_wait: Duration,
 }
@@ -109,6 +111,7 @@ impl ProxyHttp for Gateway {
             upstream_model: None,
             route: Cow::Borrowed(""),
             truncated: None,
+            client: ClientFormat::OpenAi,
             attempts: 0,
             upstream_wait: Duration::ZERO,
         }
@@ -226,6 +229,7 @@ impl Gateway {
             if method != "POST" {
                 return Err(GatewayError::MethodNotAllowed { method, path });
             }
+            ctx.client = ClientFormat::for_op(op);
             let key = authenticate(session, rt)?;
             ctx.key_id = key.as_ref().map(|k| k.id.clone());
             return self.complete(session, ctx, rt, key, op).await;
@@ -353,27 +357,35 @@ impl Gateway {
             op,
             chat,
         } = *request;
-        let (upstream_body, translation) = if target.provider.kind.speaks_openai() {
+        let client = ClientFormat::for_op(op);
+        let (upstream_body, translation) = if client.native_to(target.provider.kind) {
             (head.body_for(body, &target.model), Translation::None)
         } else {
-            let chat = match chat.get_or_init(|| openai_format::parse_request(body)) {
+            let chat = match chat.get_or_init(|| client.parse_request(body)) {
                 Ok(chat) => chat,
                 Err(e) => return Attempt::Done(Err(e.clone())),
             };
-            let (dialect, translated) = Dialect::translate(target.provider.kind, chat, target)
-                .expect("only non-OpenAI kinds reach here");
+            let (dialect, translated) = Dialect::translate(target.provider.kind, chat, target);
             (
                 Bytes::from(serde_json::to_vec(&translated).expect("a JSON value serializes")),
-                Translation::ToOpenAi {
+                Translation::Translate {
                     from: dialect,
+                    to: client,
                     chat,
                 },
             )
         };
+        // A Messages request reaches OpenAI-style providers as a chat completion.
+        let upstream_op = match op {
+            Operation::Messages if target.provider.kind.speaks_openai() => {
+                Operation::ChatCompletions
+            }
+            op => op,
+        };
         let state = &endpoint.state;
         let _in_flight = state.begin();
         let call = Call {
-            op,
+            op: upstream_op,
             stream: head.stream,
             body: upstream_body,
             upstream_model: &target.model,

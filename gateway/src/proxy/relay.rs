@@ -5,10 +5,11 @@
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
+use crate::providers::anthropic_format;
 use crate::providers::chat::ChatRequest;
-use crate::providers::openai_format;
-use crate::providers::transcode::StreamTranscoder;
-use crate::providers::Dialect;
+use crate::providers::openai_format::{self, StreamRenderer};
+use crate::providers::transcode::{ClientStream, StreamTranscoder};
+use crate::providers::{ClientFormat, Dialect};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
@@ -50,9 +51,10 @@ pub struct Limits {
 pub enum Translation<'a> {
     /// The upstream speaks the client's format: bytes pass through.
     None,
-    /// The upstream's answer is translated into OpenAI's format for the client's request.
-    ToOpenAi {
+    /// The upstream's answer is translated into the client's format.
+    Translate {
         from: Dialect,
+        to: ClientFormat,
         chat: &'a ChatRequest,
     },
 }
@@ -121,10 +123,20 @@ pub async fn relay(
     let status = upstream.header().status.as_u16();
     let mut transcoder = match translation {
         Translation::None => None,
-        Translation::ToOpenAi { from, chat } if client_streaming && status == 200 => Some(
-            StreamTranscoder::new(from.stream(chat), unix_now(), chat.include_usage),
-        ),
-        Translation::ToOpenAi { from, chat } => {
+        Translation::Translate { from, to, chat } if client_streaming && status == 200 => {
+            let client = match to {
+                ClientFormat::OpenAi => ClientStream::OpenAi(StreamRenderer::new(
+                    &chat.model,
+                    unix_now(),
+                    chat.include_usage,
+                )),
+                ClientFormat::Anthropic => {
+                    ClientStream::Anthropic(anthropic_format::StreamRenderer::new(&chat.model))
+                }
+            };
+            Some(StreamTranscoder::new(from.stream(chat), client))
+        }
+        Translation::Translate { from, to, chat } => {
             return relay_whole(
                 session,
                 ctx,
@@ -132,7 +144,7 @@ pub async fn relay(
                 upstream,
                 limits,
                 first_chunk,
-                from,
+                (from, to),
                 chat,
             )
             .await
@@ -220,10 +232,12 @@ pub async fn relay(
         };
         upstream.session.shutdown().await;
         if event_stream {
-            // The client's stream ends with one error event and no [DONE].
-            let _ = session
-                .write_response_body(Some(failure.sse_event()), true)
-                .await;
+            // The client's stream ends with one error event (and no [DONE]).
+            let event = match ctx.client {
+                ClientFormat::OpenAi => failure.sse_event(),
+                ClientFormat::Anthropic => failure.anthropic_sse_event(),
+            };
+            let _ = session.write_response_body(Some(event), true).await;
             return Ok(());
         }
         return Err(failure);
@@ -284,7 +298,7 @@ async fn relay_whole(
     mut upstream: UpstreamResponse,
     limits: Limits,
     first_chunk: Option<Bytes>,
-    dialect: Dialect,
+    (dialect, client): (Dialect, ClientFormat),
     chat: &ChatRequest,
 ) -> Result<(), GatewayError> {
     let status = upstream.header().status.as_u16();
@@ -333,7 +347,11 @@ async fn relay_whole(
         let response = dialect.parse_response(&body, chat).map_err(|e| {
             GatewayError::UpstreamFailed(format!("unreadable upstream answer: {e}"))
         })?;
-        (200, openai_format::render_response(&response, unix_now()))
+        let rendered = match client {
+            ClientFormat::OpenAi => openai_format::render_response(&response, unix_now()),
+            ClientFormat::Anthropic => anthropic_format::render_response(&response, &chat.model),
+        };
+        (200, rendered)
     } else {
         // Anthropic's 529 "overloaded" is not a status clients know.
         let status = if status == 529 { 503 } else { status };
@@ -343,10 +361,13 @@ async fn relay_whole(
                 "api_error".into(),
             )
         });
-        (
-            status,
-            json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
-        )
+        let rendered = match client {
+            ClientFormat::OpenAi => {
+                json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+            }
+            ClientFormat::Anthropic => anthropic_format::error_body(&kind, &message),
+        };
+        (status, rendered)
     };
     let bytes = Bytes::from(json.to_string());
     let resp = client_header(

@@ -2,6 +2,7 @@
 
 use super::RequestCtx;
 use crate::error::GatewayError;
+use crate::providers::ClientFormat;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -23,6 +24,11 @@ pub async fn json(session: &mut Session, ctx: &RequestCtx, status: u16, body: By
     session.write_response_body(Some(body), true).await
 }
 
+/// The error in the client's own format.
 pub async fn error(session: &mut Session, ctx: &RequestCtx, e: &GatewayError) -> Result<()> {
-    json(session, ctx, e.status(), e.body()).await
+    let body = match ctx.client {
+        ClientFormat::OpenAi => e.body(),
+        ClientFormat::Anthropic => e.anthropic_body(),
+    };
+    json(session, ctx, e.status(), body).await
 }
