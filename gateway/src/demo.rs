@@ -34,6 +34,18 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         error_status: 503,
         ..MockConfig::default()
     })?;
+    let claude = spawn(MockConfig {
+        kind: MockKind::Anthropic,
+        tokens_per_sec: 20.0,
+        models: vec!["claude-sonnet-4-5".into()],
+        ..MockConfig::default()
+    })?;
+    let triton = spawn(MockConfig {
+        kind: MockKind::Triton,
+        tokens_per_sec: 40.0,
+        models: vec!["llama-3.1-8b-trtllm".into()],
+        ..MockConfig::default()
+    })?;
     let gpu: Vec<_> = (0..2)
         .map(|_| {
             spawn(MockConfig {
@@ -63,6 +75,12 @@ providers:
     kind: vllm
     endpoints: ["{gpu0}", "{gpu1}"]
     health_check: {{ path: /health, every: 2s }}
+  - name: anthropic-mock
+    kind: anthropic
+    base_url: http://{claude}
+  - name: triton-gpu
+    kind: triton
+    base_url: http://{triton}
 models:
   - name: gpt-4o-mini
     targets: [{{ provider: openai-mock, model: gpt-4o-mini }}]
@@ -74,6 +92,12 @@ models:
       - {{ provider: llama-gpu, model: meta-llama/Llama-3.1-8B-Instruct }}
   - name: text-embedding-3-small
     targets: [{{ provider: openai-mock, model: text-embedding-3-small }}]
+  - name: claude
+    targets:
+      - {{ provider: flaky-mock, model: gpt-4o }}
+      - {{ provider: anthropic-mock, model: claude-sonnet-4-5 }}
+  - name: triton-llama
+    targets: [{{ provider: triton-gpu, model: llama-3.1-8b-trtllm, prompt_template: llama3 }}]
 "#,
         listen = args.listen,
         admin = args.admin_listen,
@@ -81,6 +105,8 @@ models:
         flaky = flaky.addr(),
         gpu0 = gpu[0].addr(),
         gpu1 = gpu[1].addr(),
+        claude = claude.addr(),
+        triton = triton.addr(),
     );
     let dir = std::env::temp_dir().join(format!("tollgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -89,7 +115,7 @@ models:
     let runtime = config::load(&path, None).map_err(|e| e.to_string())?;
     println!("{}", instructions(&args, &path.display().to_string()));
     // The mocks live as long as the process: their handles stay alive across `run`.
-    let _mocks = (openai, flaky, gpu);
+    let _mocks = (openai, flaky, gpu, claude, triton);
     server::run(path, runtime)
 }
 
@@ -119,6 +145,16 @@ fn instructions(args: &DemoArgs, config_path: &str) -> String {
         out,
         "  # failover: the first target answers 503, the GPU pool serves (see x-tollgate-attempts)\n  {}\n",
         chat("support-bot", false).replacen("curl -s", "curl -si", 1)
+    );
+    let _ = writeln!(
+        out,
+        "  # an OpenAI client, answered by Anthropic after a 503 (and a Triton server, streamed)\n  {}\n  {}\n",
+        chat("claude", false),
+        chat("triton-llama", true).replacen("curl -s", "curl -sN", 1)
+    );
+    let _ = writeln!(
+        out,
+        "  # an Anthropic client (POST /v1/messages), answered by an OpenAI-style target\n  curl -s {gw}/v1/messages -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' \\\n  -d '{{\"model\":\"gpt-4o-mini\",\"max_tokens\":100,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n"
     );
     let _ = writeln!(
         out,

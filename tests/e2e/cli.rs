@@ -189,6 +189,14 @@ async fn demo_answers_its_own_curl_lines() {
     assert!(all.contains("tollgate_requests_total"));
     assert!(all.contains("\"ewma_ms\""), "the router's view is printed");
     assert!(
+        all.contains("\"type\":\"message\""),
+        "the Anthropic-format line is answered"
+    );
+    assert!(
+        all.contains("\"model\":\"claude-sonnet-4-5\""),
+        "the Anthropic failover answers"
+    );
+    assert!(
         !all.contains("sk-demo-upstream"),
         "the demo's upstream key stays hidden"
     );
