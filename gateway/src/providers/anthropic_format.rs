@@ -9,7 +9,7 @@ use super::chat::{
 use crate::error::GatewayError;
 use bytes::BytesMut;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use tollgate_plugins::sse::encode_data;
 
 fn bad(message: impl Into<String>, param: &'static str) -> GatewayError {
@@ -256,8 +256,8 @@ pub struct StreamRenderer {
     /// The content block being written, if one is open: (index, is text).
     open: Option<(usize, bool)>,
     next_block: usize,
-    /// Tool call number → content block index.
-    tool_blocks: HashMap<usize, usize>,
+    /// Tool calls of the answer so far, by number: (id, name, arguments).
+    tool_calls: BTreeMap<usize, (String, String, String)>,
     finish: Option<FinishReason>,
     usage: Usage,
     failed: bool,
@@ -270,7 +270,7 @@ impl StreamRenderer {
             started: false,
             open: None,
             next_block: 0,
-            tool_blocks: HashMap::new(),
+            tool_calls: BTreeMap::new(),
             finish: None,
             usage: Usage::default(),
             failed: false,
@@ -349,21 +349,15 @@ impl StreamRenderer {
                     json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
                 );
             }
+            // Providers may interleave the argument fragments of parallel calls, while an
+            // Anthropic client accepts deltas for the open block only: calls are collected and
+            // written whole, each as one block, when the answer ends.
             StreamEvent::ToolCallStart { index, id, name } => {
-                let block = self.open_block(
-                    out,
-                    json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-                    false,
-                );
-                self.tool_blocks.insert(index, block);
+                self.tool_calls.insert(index, (id, name, String::new()));
             }
             StreamEvent::ToolCallArguments { index, fragment } => {
-                if let Some(&block) = self.tool_blocks.get(&index) {
-                    Self::event(
-                        out,
-                        "content_block_delta",
-                        json!({"type": "content_block_delta", "index": block, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
-                    );
+                if let Some((_, _, arguments)) = self.tool_calls.get_mut(&index) {
+                    arguments.push_str(&fragment);
                 }
             }
             StreamEvent::Finish(reason) => self.finish = Some(reason),
@@ -382,6 +376,20 @@ impl StreamRenderer {
         }
         if !self.started {
             self.start("", "", out);
+        }
+        for (id, name, arguments) in std::mem::take(&mut self.tool_calls).into_values() {
+            let index = self.open_block(
+                out,
+                json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                false,
+            );
+            if !arguments.is_empty() {
+                Self::event(
+                    out,
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": arguments}}),
+                );
+            }
         }
         self.close_block(out);
         let usage = usage_json(self.usage);
@@ -518,5 +526,61 @@ mod tests {
                 "message_stop",
             ]
         );
+    }
+
+    #[test]
+    fn interleaved_parallel_calls_still_make_valid_blocks() {
+        let mut r = StreamRenderer::new("m");
+        let mut out = BytesMut::new();
+        for e in [
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "a".into(),
+                name: "f".into(),
+            },
+            StreamEvent::ToolCallStart {
+                index: 1,
+                id: "b".into(),
+                name: "g".into(),
+            },
+            StreamEvent::ToolCallArguments {
+                index: 0,
+                fragment: "{\"x\":".into(),
+            },
+            StreamEvent::ToolCallArguments {
+                index: 1,
+                fragment: "{}".into(),
+            },
+            StreamEvent::ToolCallArguments {
+                index: 0,
+                fragment: "1}".into(),
+            },
+            StreamEvent::Finish(FinishReason::ToolCalls),
+        ] {
+            r.render(e, &mut out);
+        }
+        r.finish(&mut out);
+        let mut open: Option<u64> = None;
+        let mut inputs: Vec<String> = Vec::new();
+        SseParser::new().feed(&out, |e| {
+            let v: Value = serde_json::from_str(e.data).unwrap();
+            match e.event.unwrap() {
+                "content_block_start" => {
+                    assert!(open.is_none());
+                    open = v["index"].as_u64();
+                    inputs.push(String::new());
+                }
+                "content_block_delta" => {
+                    assert_eq!(v["index"].as_u64(), open, "a delta for a closed block");
+                    inputs
+                        .last_mut()
+                        .unwrap()
+                        .push_str(v["delta"]["partial_json"].as_str().unwrap());
+                }
+                "content_block_stop" => open = None,
+                _ => {}
+            }
+        });
+        assert_eq!(inputs, [r#"{"x":1}"#, "{}"]);
     }
 }

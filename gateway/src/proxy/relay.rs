@@ -35,6 +35,7 @@ fn forwardable(name: &HeaderName) -> bool {
     ) && name.as_str() != "keep-alive"
         && name.as_str() != "x-request-id"
         && !name.as_str().starts_with("x-ratelimit-")
+        && !name.as_str().starts_with("anthropic-ratelimit-")
         && !name.as_str().starts_with("x-tollgate-")
 }
 
