@@ -441,13 +441,15 @@ impl Gateway {
                                     ctx,
                                     &self.connector,
                                     response,
-                                    relay::Limits {
-                                        deadline: call.deadline,
-                                        idle: target.provider.timeouts.idle,
+                                    relay::Plan {
+                                        limits: relay::Limits {
+                                            deadline: call.deadline,
+                                            idle: target.provider.timeouts.idle,
+                                        },
+                                        client_streaming: head.stream,
+                                        first_chunk,
+                                        translation,
                                     },
-                                    head.stream,
-                                    first_chunk,
-                                    translation,
                                 )
                                 .await,
                             );

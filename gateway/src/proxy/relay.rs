@@ -109,18 +109,29 @@ fn client_header(
     Ok(resp)
 }
 
-/// `first_chunk`: body already read from the upstream (a stream's first token).
-#[allow(clippy::too_many_arguments)]
+/// How to relay one committed upstream response.
+pub struct Plan<'a> {
+    pub limits: Limits,
+    /// The client asked for a stream.
+    pub client_streaming: bool,
+    /// Body already read from the upstream (a stream's first token).
+    pub first_chunk: Option<Bytes>,
+    pub translation: Translation<'a>,
+}
+
 pub async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
     connector: &Connector,
     mut upstream: UpstreamResponse,
-    limits: Limits,
-    client_streaming: bool,
-    mut first_chunk: Option<Bytes>,
-    translation: Translation<'_>,
+    plan: Plan<'_>,
 ) -> Result<(), GatewayError> {
+    let Plan {
+        limits,
+        client_streaming,
+        mut first_chunk,
+        translation,
+    } = plan;
     let status = upstream.header().status.as_u16();
     let mut transcoder = match translation {
         Translation::None => None,
@@ -145,8 +156,7 @@ pub async fn relay(
                 upstream,
                 limits,
                 first_chunk,
-                (from, to),
-                chat,
+                (from, to, chat),
             )
             .await
         }
@@ -291,7 +301,6 @@ const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;
 
 /// A non-stream (or error) answer in another dialect: read whole, translated, sent with its
 /// length.
-#[allow(clippy::too_many_arguments)]
 async fn relay_whole(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -299,8 +308,7 @@ async fn relay_whole(
     mut upstream: UpstreamResponse,
     limits: Limits,
     first_chunk: Option<Bytes>,
-    (dialect, client): (Dialect, ClientFormat),
-    chat: &ChatRequest,
+    (dialect, client, chat): (Dialect, ClientFormat, &ChatRequest),
 ) -> Result<(), GatewayError> {
     let status = upstream.header().status.as_u16();
     let mut body = BytesMut::new();
