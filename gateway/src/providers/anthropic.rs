@@ -22,15 +22,8 @@ pub fn request_header(
     body_len: usize,
 ) -> pingora::Result<RequestHeader> {
     let path = format!("{}/v1/messages", endpoint.prefix);
-    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))?;
-    req.insert_header("host", &endpoint.authority)?;
-    req.insert_header("content-type", "application/json")?;
-    req.insert_header("content-length", body_len.to_string())?;
+    let mut req = super::json_post(endpoint, &path, body_len)?;
     req.insert_header("anthropic-version", API_VERSION)?;
-    req.insert_header(
-        "user-agent",
-        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-    )?;
     if let Some(key) = &provider.api_key {
         req.insert_header("x-api-key", key.expose())?;
     }

@@ -32,33 +32,13 @@ pub fn request_header(
     let path = format!(
         "{}/v1beta/models/{}:{method}",
         endpoint.prefix,
-        percent_encode_segment(model)
+        super::path_segment(model)
     );
-    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))?;
-    req.insert_header("host", &endpoint.authority)?;
-    req.insert_header("content-type", "application/json")?;
-    req.insert_header("content-length", body_len.to_string())?;
-    req.insert_header(
-        "user-agent",
-        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-    )?;
+    let mut req = super::json_post(endpoint, &path, body_len)?;
     if let Some(key) = &provider.api_key {
         req.insert_header("x-goog-api-key", key.expose())?;
     }
     Ok(req)
-}
-
-/// The model goes into one path segment; anything outside the unreserved set is escaped.
-fn percent_encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn image_part(url: &str) -> Value {

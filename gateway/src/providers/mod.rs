@@ -142,6 +142,38 @@ impl ProviderKind {
     }
 }
 
+/// A JSON `POST` to `path` on `endpoint`, with the headers every provider needs; the caller
+/// adds the credential in the provider's own header.
+pub(crate) fn json_post(
+    endpoint: &Endpoint,
+    path: &str,
+    body_len: usize,
+) -> pingora::Result<RequestHeader> {
+    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))?;
+    req.insert_header("host", &endpoint.authority)?;
+    req.insert_header("content-type", "application/json")?;
+    req.insert_header("content-length", body_len.to_string())?;
+    req.insert_header(
+        "user-agent",
+        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    )?;
+    Ok(req)
+}
+
+/// A model or deployment name as one path segment: anything outside the unreserved set is
+/// escaped, so a `/` or space in it cannot change the route.
+pub(crate) fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The upstream request header for one attempt, in the provider's own dialect.
 pub fn request_header(
     provider: &Provider,

@@ -17,14 +17,7 @@ pub fn request_header(
     body_len: usize,
 ) -> Result<RequestHeader> {
     let path = upstream_path(provider, endpoint, op, upstream_model);
-    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))?;
-    req.insert_header("host", &endpoint.authority)?;
-    req.insert_header("content-type", "application/json")?;
-    req.insert_header("content-length", body_len.to_string())?;
-    req.insert_header(
-        "user-agent",
-        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-    )?;
+    let mut req = super::json_post(endpoint, &path, body_len)?;
     if let Some(key) = &provider.api_key {
         match provider.kind {
             ProviderKind::AzureOpenai => req.insert_header("api-key", key.expose())?,
@@ -50,7 +43,7 @@ fn upstream_path(
         ProviderKind::AzureOpenai => format!(
             "{}/openai/deployments/{}/{suffix}?api-version={}",
             endpoint.prefix,
-            percent_encode_segment(upstream_model),
+            super::path_segment(upstream_model),
             provider
                 .api_version
                 .as_deref()
@@ -58,19 +51,6 @@ fn upstream_path(
         ),
         _ => format!("{}/v1/{suffix}", endpoint.prefix),
     }
-}
-
-/// Deployment names go into a path segment; anything outside the unreserved set is escaped.
-fn percent_encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

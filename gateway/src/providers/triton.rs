@@ -123,35 +123,14 @@ pub fn request_header(
     let path = format!(
         "{}/v2/models/{}/{action}",
         endpoint.prefix,
-        percent_encode_segment(upstream_model),
+        super::path_segment(upstream_model),
     );
-    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))?;
-    req.insert_header("host", &endpoint.authority)?;
-    req.insert_header("content-type", "application/json")?;
-    req.insert_header("content-length", body_len.to_string())?;
-    req.insert_header(
-        "user-agent",
-        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-    )?;
+    let mut req = super::json_post(endpoint, &path, body_len)?;
     // Triton has no auth of its own; a key is for a proxy in front of it.
     if let Some(key) = &provider.api_key {
         req.insert_header("authorization", format!("Bearer {}", key.expose()))?;
     }
     Ok(req)
-}
-
-/// The model name is one path segment; anything outside the unreserved set is escaped so
-/// a `/` or space in it cannot change the route.
-fn percent_encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The generate body: the rendered prompt, and only the sampling parameters the client set
