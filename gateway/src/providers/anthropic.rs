@@ -167,6 +167,24 @@ fn usage(value: &Value, previous: Usage) -> Usage {
     }
 }
 
+/// A `tool_use` content block as a call; its `input` object becomes OpenAI-style JSON text.
+pub(crate) fn tool_call(block: &Value) -> ToolCall {
+    let field = |key: &str| {
+        block
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    ToolCall {
+        id: field("id"),
+        name: field("name"),
+        arguments: block
+            .get("input")
+            .map_or_else(|| "{}".to_string(), Value::to_string),
+    }
+}
+
 /// A Messages API answer in the gateway's model.
 pub fn parse_response(body: &[u8]) -> Result<ChatResponse, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
@@ -181,21 +199,7 @@ pub fn parse_response(body: &[u8]) -> Result<ChatResponse, String> {
     {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => tool_calls.push(ToolCall {
-                id: block
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                name: block
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                arguments: block
-                    .get("input")
-                    .map_or_else(|| "{}".to_string(), Value::to_string),
-            }),
+            Some("tool_use") => tool_calls.push(tool_call(block)),
             _ => {}
         }
     }

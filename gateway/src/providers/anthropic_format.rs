@@ -2,9 +2,9 @@
 //! gateway's model, answers and stream events back out as Anthropic JSON and SSE events, so
 //! an Anthropic SDK can be served by any target.
 
+use super::anthropic;
 use super::chat::{
-    ChatRequest, ChatResponse, FinishReason, Message, Part, Role, StreamEvent, Tool, ToolCall,
-    Usage,
+    ChatRequest, ChatResponse, FinishReason, Message, Part, Role, StreamEvent, Tool, Usage,
 };
 use crate::error::GatewayError;
 use bytes::BytesMut;
@@ -160,21 +160,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, GatewayError> {
                 Some("image") => message
                     .parts
                     .extend(image_url(block).map(|url| Part::Image { url })),
-                Some("tool_use") => message.tool_calls.push(ToolCall {
-                    id: block
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    name: block
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    arguments: block
-                        .get("input")
-                        .map_or_else(|| "{}".into(), Value::to_string),
-                }),
+                Some("tool_use") => message.tool_calls.push(anthropic::tool_call(block)),
                 // Each tool result becomes its own tool turn, as OpenAI-style providers expect.
                 Some("tool_result") => request.messages.push(Message {
                     role: Role::Tool,
@@ -407,6 +393,7 @@ impl StreamRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chat::ToolCall;
     use tollgate_plugins::sse::SseParser;
 
     #[test]
