@@ -7,6 +7,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod metering;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

@@ -2,10 +2,11 @@
 
 use crate::config::Runtime;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Instant;
+use tollgate_plugins::Metered;
 
 pub struct Metrics {
     registry: Registry,
@@ -16,6 +17,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub in_flight: IntGauge,
     pub ejections: IntCounterVec,
+    tokens: IntCounterVec,
+    cost: CounterVec,
+    pub time_to_first_token: HistogramVec,
+    pub ratelimited: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
     endpoint_ewma: GaugeVec,
     endpoint_in_flight: IntGaugeVec,
@@ -87,6 +92,40 @@ impl Metrics {
             &["provider", "endpoint"],
         )
         .expect("valid metric");
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tokens_total",
+                "Tokens metered, by direction (input counts cached prompt tokens too).",
+            ),
+            &["model", "provider", "team", "direction"],
+        )
+        .expect("valid metric");
+        let cost = CounterVec::new(
+            Opts::new(
+                "tollgate_cost_usd_total",
+                "Cost of the tokens metered, USD.",
+            ),
+            &["model", "provider", "team"],
+        )
+        .expect("valid metric");
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_time_to_first_token_seconds",
+                "From request start to the first token: the header of a whole answer, the \
+                 first chunk of a stream.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["model", "provider"],
+        )
+        .expect("valid metric");
+        let ratelimited = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimited_total",
+                "Requests refused by a rate limit or budget, by scope.",
+            ),
+            &["scope"],
+        )
+        .expect("valid metric");
         let endpoint_healthy = IntGaugeVec::new(
             Opts::new(
                 "tollgate_endpoint_healthy",
@@ -119,6 +158,10 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(in_flight.clone()),
             Box::new(ejections.clone()),
+            Box::new(tokens.clone()),
+            Box::new(cost.clone()),
+            Box::new(time_to_first_token.clone()),
+            Box::new(ratelimited.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(endpoint_ewma.clone()),
             Box::new(endpoint_in_flight.clone()),
@@ -138,10 +181,27 @@ impl Metrics {
             config_reloads,
             in_flight,
             ejections,
+            tokens,
+            cost,
+            time_to_first_token,
+            ratelimited,
             endpoint_healthy,
             endpoint_ewma,
             endpoint_in_flight,
         }
+    }
+
+    /// Counts a metered answer's tokens and cost.
+    pub fn record_usage(&self, model: &str, provider: &str, team: &str, metered: &Metered) {
+        let usage = metered.usage;
+        for (direction, n) in [("input", usage.input), ("output", usage.output)] {
+            self.tokens
+                .with_label_values(&[model, provider, team, direction])
+                .inc_by(n);
+        }
+        self.cost
+            .with_label_values(&[model, provider, team])
+            .inc_by(metered.cost_usd);
     }
 
     /// Sets the per-endpoint gauges from the running config's endpoints (dropping those of
@@ -191,8 +251,25 @@ mod tests {
         m.request_duration
             .with_label_values(&["m", "p"])
             .observe(0.01);
+        m.record_usage(
+            "m",
+            "p",
+            "t",
+            &Metered {
+                usage: tollgate_plugins::Usage {
+                    input: 10,
+                    cached_input: 0,
+                    output: 5,
+                },
+                estimated: false,
+                cost_usd: 0.25,
+            },
+        );
         let text = String::from_utf8(m.render()).unwrap();
         for name in [
+            "tollgate_tokens_total{direction=\"input\",model=\"m\",provider=\"p\",team=\"t\"} 10",
+            "tollgate_tokens_total{direction=\"output\",model=\"m\",provider=\"p\",team=\"t\"} 5",
+            "tollgate_cost_usd_total{model=\"m\",provider=\"p\",team=\"t\"} 0.25",
             "tollgate_requests_total{cache=\"off\",model=\"m\",provider=\"p\",status=\"200\"} 1",
             "tollgate_request_duration_seconds_bucket",
             "tollgate_config_reloads_total{result=\"error\"} 0",

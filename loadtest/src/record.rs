@@ -24,6 +24,9 @@ pub(crate) struct Recorded {
     /// The model the path names (Gemini, Triton), otherwise the body's
     /// top-level `model` when it is a JSON string.
     model: Option<String>,
+    /// The body's `stream_options`, to see what a gateway asked a stream to report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<serde_json::Value>,
 }
 
 impl Recorded {
@@ -39,6 +42,7 @@ impl Recorded {
                 })
                 .or_insert_with(|| value.into_owned());
         }
+        let fields = body_fields(body);
         Recorded {
             method: parts.method.as_str().to_owned(),
             path: parts.uri.path().to_owned(),
@@ -46,17 +50,21 @@ impl Recorded {
             headers,
             body_sha256: hex::encode(Sha256::digest(body)),
             body_bytes: body.len(),
-            model: path_model.map(str::to_owned).or_else(|| body_model(body)),
+            model: path_model.map(str::to_owned).or(fields.model),
+            stream_options: fields.stream_options,
         }
     }
 }
 
-fn body_model(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct ModelOnly {
-        model: Option<String>,
-    }
-    serde_json::from_slice::<ModelOnly>(body).ok()?.model
+/// The top-level body fields a recording keeps.
+#[derive(Default, Deserialize)]
+struct BodyFields {
+    model: Option<String>,
+    stream_options: Option<serde_json::Value>,
+}
+
+fn body_fields(body: &[u8]) -> BodyFields {
+    serde_json::from_slice(body).unwrap_or_default()
 }
 
 /// A bounded, oldest-first log of requests.

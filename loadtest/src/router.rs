@@ -180,7 +180,7 @@ async fn dispatch(
             openai::completions::handle(shared, cfg, &body, deployment).await
         }
         Endpoint::Embeddings(deployment) if method == Method::POST => {
-            openai::embeddings::handle(cfg, &body, deployment).await
+            openai::embeddings::handle(shared, cfg, &body, deployment).await
         }
         Endpoint::Messages if method == Method::POST => {
             anthropic::handle(shared, cfg, &parts.headers, &body).await

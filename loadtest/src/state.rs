@@ -81,12 +81,22 @@ pub(crate) enum StreamEnd {
     Failed,
 }
 
+/// Token usage the mock told a client about (the last report of an answer counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReportedUsage {
+    pub(crate) input: u32,
+    pub(crate) output: u32,
+}
+
 #[derive(Default)]
 pub(crate) struct Stats {
     requests: AtomicU64,
     streams_started: AtomicU64,
     streams_completed: AtomicU64,
     streams_cancelled: AtomicU64,
+    usage_reports: AtomicU64,
+    input_tokens: AtomicU64,
+    output_tokens: AtomicU64,
 }
 
 #[derive(Serialize)]
@@ -95,6 +105,15 @@ struct StatsBody {
     streams_started: u64,
     streams_completed: u64,
     streams_cancelled: u64,
+    /// Totals of the usage reported to clients: what a gateway should have metered.
+    usage: UsageBody,
+}
+
+#[derive(Serialize)]
+struct UsageBody {
+    answers: u64,
+    input_tokens: u64,
+    output_tokens: u64,
 }
 
 impl Stats {
@@ -115,12 +134,25 @@ impl Stats {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Counts the usage one answer reported (its last report).
+    pub(crate) fn report_usage(&self, usage: ReportedUsage) {
+        self.usage_reports.fetch_add(1, Relaxed);
+        self.input_tokens.fetch_add(u64::from(usage.input), Relaxed);
+        self.output_tokens
+            .fetch_add(u64::from(usage.output), Relaxed);
+    }
+
     pub(crate) fn to_json(&self) -> Vec<u8> {
         let body = StatsBody {
             requests: self.requests.load(Relaxed),
             streams_started: self.streams_started.load(Relaxed),
             streams_completed: self.streams_completed.load(Relaxed),
             streams_cancelled: self.streams_cancelled.load(Relaxed),
+            usage: UsageBody {
+                answers: self.usage_reports.load(Relaxed),
+                input_tokens: self.input_tokens.load(Relaxed),
+                output_tokens: self.output_tokens.load(Relaxed),
+            },
         };
         serde_json::to_vec(&body).expect("stats always serialize")
     }

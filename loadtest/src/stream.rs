@@ -11,7 +11,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::body::{event_stream, Event, EventBody, MockResponse};
 use crate::config::MockConfig;
-use crate::state::{Running, Shared, StreamEnd};
+use crate::state::{ReportedUsage, Running, Shared, StreamEnd};
 
 /// Chunks buffered between the producer and the connection; small, so a
 /// slow reader holds the producer back.
@@ -32,6 +32,11 @@ pub(crate) trait StreamFormat: Send + Sync + 'static {
     /// The event that reports a failure after the HTTP status was sent,
     /// for APIs that define one.
     fn error_event(&self) -> Option<Bytes> {
+        None
+    }
+    /// The usage the client has been told once `delivered` events went out (`completed`:
+    /// all of them), for `/mock/stats`.
+    fn reported_usage(&self, _delivered: u32, _completed: bool) -> Option<ReportedUsage> {
         None
     }
 }
@@ -76,14 +81,22 @@ pub(crate) fn start<F: StreamFormat>(
     shared.stats.stream_started();
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
-        let end = produce(&tx, &format, &plan).await;
+        let (end, delivered) = produce(&tx, &format, &plan).await;
         shared.stats.stream_ended(end);
+        if let Some(usage) = format.reported_usage(delivered, end == StreamEnd::Completed) {
+            shared.stats.report_usage(usage);
+        }
         drop(running);
     });
     event_stream(EventBody::new(rx), F::CONTENT_TYPE)
 }
 
-async fn produce<F: StreamFormat>(tx: &mpsc::Sender<Event>, format: &F, plan: &Plan) -> StreamEnd {
+/// How the stream ended, and how many events reached the connection.
+async fn produce<F: StreamFormat>(
+    tx: &mpsc::Sender<Event>,
+    format: &F,
+    plan: &Plan,
+) -> (StreamEnd, u32) {
     let error = plan
         .error_after
         .and_then(|after| Some((after, format.error_event()?)));
@@ -93,10 +106,11 @@ async fn produce<F: StreamFormat>(tx: &mpsc::Sender<Event>, format: &F, plan: &P
         drop_after: plan.drop_after,
         error,
     };
-    match emit_all(&mut out, format, plan).await {
+    let end = match emit_all(&mut out, format, plan).await {
         Ok(()) => StreamEnd::Completed,
         Err(end) => end,
-    }
+    };
+    (end, out.sent)
 }
 
 async fn emit_all<F: StreamFormat>(
@@ -179,7 +193,7 @@ impl Emitter<'_> {
 pub(crate) async fn collect<F: StreamFormat>(format: &F, tokens: u32) -> Vec<Bytes> {
     let (tx, mut rx) = mpsc::channel(4096);
     let plan = Plan::new(&MockConfig::default(), tokens);
-    assert_eq!(produce(&tx, format, &plan).await, StreamEnd::Completed);
+    assert_eq!(produce(&tx, format, &plan).await.0, StreamEnd::Completed);
     drop(tx);
     let mut events = Vec::new();
     while let Some(Event::Data(data)) = rx.recv().await {
@@ -223,7 +237,7 @@ mod tests {
 
     async fn run(plan: Plan) -> (StreamEnd, Vec<String>) {
         let (tx, mut rx) = mpsc::channel(16);
-        let end = produce(&tx, &Names, &plan).await;
+        let (end, delivered) = produce(&tx, &Names, &plan).await;
         drop(tx);
         let mut events = Vec::new();
         while let Some(event) = rx.recv().await {
@@ -232,6 +246,10 @@ mod tests {
                 Event::Abort => "ABORT".to_owned(),
             });
         }
+        assert_eq!(
+            delivered as usize,
+            events.iter().filter(|e| *e != "ABORT").count()
+        );
         (end, events)
     }
 
@@ -268,6 +286,6 @@ mod tests {
             ttft: Duration::from_secs(3600),
             ..plan(None, None)
         };
-        assert_eq!(produce(&tx, &Names, &slow).await, StreamEnd::Cancelled);
+        assert_eq!(produce(&tx, &Names, &slow).await, (StreamEnd::Cancelled, 0));
     }
 }

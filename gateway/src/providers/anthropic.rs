@@ -155,7 +155,7 @@ fn finish_reason(stop_reason: &str) -> FinishReason {
 }
 
 /// Anthropic's `input_tokens` excludes cached tokens; the gateway's `input` includes them.
-fn usage(value: &Value, previous: Usage) -> Usage {
+pub(crate) fn usage(value: &Value, previous: Usage) -> Usage {
     let n = |key: &str| value.get(key).and_then(Value::as_u64);
     let cached = n("cache_read_input_tokens");
     let input = n("input_tokens")

@@ -85,13 +85,7 @@ impl FinishReason {
     }
 }
 
-/// Token usage, normalised: `input` counts every prompt token, cached ones included.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input: u64,
-    pub cached_input: u64,
-    pub output: u64,
-}
+pub use tollgate_plugins::Usage;
 
 /// A whole (non-stream) answer.
 #[derive(Clone, Debug, PartialEq)]

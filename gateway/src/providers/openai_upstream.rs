@@ -145,7 +145,7 @@ fn finish_with_calls(reason: FinishReason, called_tools: bool) -> FinishReason {
 }
 
 /// OpenAI's `prompt_tokens` already counts cached tokens, as the gateway's `input` does.
-fn usage(value: &Value) -> Usage {
+pub(crate) fn usage(value: &Value) -> Usage {
     let n = |pointer: &str| value.pointer(pointer).and_then(Value::as_u64);
     Usage {
         input: n("/prompt_tokens").unwrap_or(0),

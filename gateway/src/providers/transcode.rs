@@ -5,6 +5,7 @@
 use super::chat::StreamEvent;
 use super::openai_format::StreamRenderer;
 use super::{anthropic, anthropic_format, gemini, openai_upstream, triton};
+use crate::metering::UsageCounter;
 use bytes::{Bytes, BytesMut};
 use tollgate_plugins::sse::SseParser;
 
@@ -17,7 +18,7 @@ pub enum UpstreamStream {
 }
 
 impl UpstreamStream {
-    fn on_event(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
+    pub fn on_event(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
         match self {
             UpstreamStream::OpenAi(p) => p.on_event(data, out),
             UpstreamStream::Anthropic(p) => p.on_event(data, out),
@@ -61,21 +62,28 @@ pub struct StreamTranscoder {
     events: Vec<StreamEvent>,
     upstream: UpstreamStream,
     client: ClientStream,
+    pub counter: UsageCounter,
 }
 
 impl StreamTranscoder {
     pub fn new(upstream: UpstreamStream, client: ClientStream) -> StreamTranscoder {
+        let counter = match upstream {
+            UpstreamStream::Triton(_) => UsageCounter::estimated_by_adapter(),
+            _ => UsageCounter::default(),
+        };
         StreamTranscoder {
             sse: SseParser::new(),
             events: Vec::new(),
             upstream,
             client,
+            counter,
         }
     }
 
     fn drain(&mut self) -> BytesMut {
         let mut out = BytesMut::new();
         for event in self.events.drain(..) {
+            self.counter.observe(&event);
             self.client.render(event, &mut out);
         }
         out

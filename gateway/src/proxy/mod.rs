@@ -7,12 +7,14 @@ pub mod request;
 mod respond;
 mod upstream_call;
 
+use crate::catalog::{ModelFacts, Tokenizer};
 use crate::config::runtime::{Key, Model, Target};
 use crate::config::Runtime;
 use crate::error::GatewayError;
+use crate::metering::{self, UsageCounter};
 use crate::metrics::Metrics;
 use crate::providers::chat::ChatRequest;
-use crate::providers::{ClientFormat, Dialect, Operation, Provider};
+use crate::providers::{ClientFormat, Dialect, Operation, Provider, ProviderKind};
 use crate::router::Pick;
 use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
@@ -22,13 +24,16 @@ use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use relay::Translation;
-use request::RequestHead;
+use request::{RequestHead, UsageReports};
 use serde_json::json;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_plugins::Settlement;
 use upstream_call::{retry_after, Call, Failure};
+
+/// Chargeback tags longer than this are cut: they land in every ledger row.
+const MAX_TAGS_LEN: usize = 256;
 
 /// What stays the same across a request's attempts.
 #[derive(Clone, Copy)]
@@ -87,6 +92,19 @@ pub struct RequestCtx {
     client: ClientFormat,
     attempts: u32,
     upstream_wait: Duration,
+    /// When the request arrived, on the wall clock (for the ledger).
+    started_at: SystemTime,
+    team: Option<String>,
+    project: Option<String>,
+    /// The client's `x-tollgate-tags`.
+    tags: Option<String>,
+    /// The request body, for a token estimate when the provider reports no usage.
+    body: Bytes,
+    /// What the catalog knows about the upstream model that answered: tokenizer, prices.
+    facts: Option<ModelFacts>,
+    time_to_first_token: Option<Duration>,
+    /// What the answer said about its usage; `None` when no upstream answered.
+    usage: Option<UsageCounter>,
 }
 
 impl RequestCtx {
@@ -114,11 +132,20 @@ impl ProxyHttp for Gateway {
             client: ClientFormat::OpenAi,
             attempts: 0,
             upstream_wait: Duration::ZERO,
+            started_at: SystemTime::now(),
+            team: None,
+            project: None,
+            tags: None,
+            body: Bytes::new(),
+            facts: None,
+            time_to_first_token: None,
+            usage: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
+        ctx.started_at = SystemTime::now();
         self.metrics.in_flight.inc();
         ctx.request_id = request_id(session.get_header("x-request-id"));
         let runtime = self.runtime.load_full();
@@ -184,20 +211,32 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         self.metrics.in_flight.dec();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let metered = ctx.usage.as_ref().map(|counter| {
+            let tokenizer = ctx.facts.map_or(Tokenizer::Cl100k, |f| f.tokenizer);
+            let (usage, estimated) = counter.settle(&ctx.body, tokenizer);
+            metering::metered(usage, estimated, ctx.facts.and_then(|f| f.prices))
+        });
         if let Some(runtime) = &ctx.runtime {
             let req = session.req_header();
             let settlement = Settlement {
                 request_id: &ctx.request_id,
+                started_at: ctx.started_at,
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 key_id: ctx.key_id.as_deref(),
+                team: ctx.team.as_deref(),
+                project: ctx.project.as_deref(),
+                tags: ctx.tags.as_deref(),
                 model: ctx.model.as_deref(),
                 provider: ctx.provider.as_deref(),
                 upstream_model: ctx.upstream_model.as_deref(),
                 status,
                 attempts: ctx.attempts,
                 duration: ctx.started.elapsed(),
+                time_to_first_token: ctx.time_to_first_token,
                 overhead: ctx.overhead(),
+                cache: "off",
+                metered,
             };
             for plugin in &runtime.plugins {
                 plugin.settle(&settlement);
@@ -205,6 +244,16 @@ impl ProxyHttp for Gateway {
         }
         let model = ctx.model.as_deref().unwrap_or("");
         let provider = ctx.provider.as_deref().unwrap_or("");
+        if let Some(m) = metered {
+            let team = ctx.team.as_deref().unwrap_or("");
+            self.metrics.record_usage(model, provider, team, &m);
+        }
+        if let Some(ttft) = ctx.time_to_first_token {
+            self.metrics
+                .time_to_first_token
+                .with_label_values(&[model, provider])
+                .observe(ttft.as_secs_f64());
+        }
         self.metrics
             .requests
             .with_label_values(&[model, provider, status_label(status), "off"])
@@ -231,7 +280,17 @@ impl Gateway {
             }
             ctx.client = ClientFormat::for_op(op);
             let key = authenticate(session, rt)?;
-            ctx.key_id = key.as_ref().map(|k| k.id.clone());
+            if let Some(key) = &key {
+                ctx.key_id = Some(key.id.clone());
+                ctx.team = key.team.clone();
+                ctx.project = key.project.clone();
+            }
+            ctx.tags = session
+                .get_header("x-tollgate-tags")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| t.chars().take(MAX_TAGS_LEN).collect());
             return self.complete(session, ctx, rt, key, op).await;
         }
         if path == "/v1/models" || path.starts_with("/v1/models/") {
@@ -271,6 +330,7 @@ impl Gateway {
 
         let admitted = admission::admit(session, rt, model, key.as_deref(), op, body)?;
         let body = admitted.body;
+        ctx.body = body.clone();
         if admitted.truncated.is_some() {
             head = RequestHead::parse(&body)?;
         }
@@ -358,8 +418,23 @@ impl Gateway {
             chat,
         } = *request;
         let client = ClientFormat::for_op(op);
-        let (upstream_body, translation) = if client.native_to(target.provider.kind) {
-            (head.body_for(body, &target.model), Translation::None)
+        let kind = target.provider.kind;
+        // Ask OpenAI-style streams for their usage, so that every stream is metered from the
+        // provider's own count; the client that did not ask never sees it.
+        let usage_reports = (head.stream
+            && !head.include_usage
+            && kind.speaks_openai()
+            && matches!(op, Operation::ChatCompletions | Operation::Completions))
+        .then_some(if kind == ProviderKind::Vllm {
+            UsageReports::Continuous
+        } else {
+            UsageReports::Final
+        });
+        let (upstream_body, translation) = if client.native_to(kind) {
+            (
+                head.body_for(body, &target.model, usage_reports),
+                Translation::None,
+            )
         } else {
             let chat = match chat.get_or_init(|| client.parse_request(body)) {
                 Ok(chat) => chat,
@@ -435,6 +510,8 @@ impl Gateway {
                             }
                             ctx.provider = Some(target.provider.name.clone());
                             ctx.upstream_model = Some(target.model.clone());
+                            ctx.facts = target.facts;
+                            ctx.time_to_first_token = Some(ctx.started.elapsed());
                             return Attempt::Done(
                                 relay::relay(
                                     session,
@@ -449,6 +526,8 @@ impl Gateway {
                                         client_streaming: head.stream,
                                         first_chunk,
                                         translation,
+                                        kind,
+                                        strip_usage_chunk: usage_reports.is_some(),
                                     },
                                 )
                                 .await,

@@ -5,11 +5,12 @@
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
+use crate::metering::{body_usage, StreamMeter, UsageCounter, MAX_METERED_BODY};
 use crate::providers::anthropic_format;
-use crate::providers::chat::ChatRequest;
+use crate::providers::chat::{ChatRequest, StreamEvent};
 use crate::providers::openai_format::{self, StreamRenderer};
-use crate::providers::transcode::{ClientStream, StreamTranscoder};
-use crate::providers::{ClientFormat, Dialect};
+use crate::providers::transcode::{ClientStream, StreamTranscoder, UpstreamStream};
+use crate::providers::{ClientFormat, Dialect, ProviderKind};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
@@ -117,25 +118,107 @@ pub struct Plan<'a> {
     /// Body already read from the upstream (a stream's first token).
     pub first_chunk: Option<Bytes>,
     pub translation: Translation<'a>,
+    /// Who answers: how to read its usage.
+    pub kind: ProviderKind,
+    /// The gateway asked for usage the client did not: leave the usage-only chunk out.
+    pub strip_usage_chunk: bool,
+}
+
+/// What happens to the body on its way to the client, and what it tells the meter.
+enum BodyFilter {
+    /// An error answer: passed through, costing nothing.
+    Unmetered,
+    /// A stream in the client's own format.
+    Stream(StreamMeter),
+    /// A whole answer in the client's own format, kept (up to a bound) to read its usage.
+    Whole {
+        kind: ProviderKind,
+        kept: BytesMut,
+        too_large: bool,
+    },
+    /// A stream re-spoken in the client's format.
+    Transcode(StreamTranscoder),
+}
+
+impl BodyFilter {
+    fn chunk(&mut self, data: Bytes) -> Bytes {
+        match self {
+            BodyFilter::Unmetered => data,
+            BodyFilter::Stream(meter) => meter.chunk(data),
+            BodyFilter::Whole {
+                kept, too_large, ..
+            } => {
+                if kept.len() + data.len() <= MAX_METERED_BODY {
+                    kept.extend_from_slice(&data);
+                } else {
+                    *too_large = true;
+                }
+                data
+            }
+            BodyFilter::Transcode(t) => t.chunk(&data),
+        }
+    }
+
+    /// The client's last bytes once the upstream ended.
+    fn finish(&mut self) -> Option<Bytes> {
+        match self {
+            BodyFilter::Stream(meter) => Some(meter.finish()),
+            BodyFilter::Transcode(t) => Some(t.finish()),
+            BodyFilter::Unmetered | BodyFilter::Whole { .. } => None,
+        }
+        .filter(|tail| !tail.is_empty())
+    }
+
+    /// What the answer said about its usage (`None` for an unmetered answer).
+    fn into_counter(self) -> Option<UsageCounter> {
+        match self {
+            BodyFilter::Unmetered => None,
+            BodyFilter::Stream(meter) => Some(meter.counter),
+            BodyFilter::Transcode(t) => Some(t.counter),
+            BodyFilter::Whole {
+                kind,
+                kept,
+                too_large,
+            } => {
+                let mut counter = UsageCounter::default();
+                match body_usage(kind, &kept) {
+                    Some(usage) => counter.report(usage),
+                    None if too_large => log::warn!(
+                        "an answer over {MAX_METERED_BODY} bytes without readable usage: estimated"
+                    ),
+                    None => {}
+                }
+                Some(counter)
+            }
+        }
+    }
 }
 
 pub async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
     connector: &Connector,
-    mut upstream: UpstreamResponse,
+    upstream: UpstreamResponse,
     plan: Plan<'_>,
 ) -> Result<(), GatewayError> {
-    let Plan {
-        limits,
-        client_streaming,
-        mut first_chunk,
-        translation,
-    } = plan;
     let status = upstream.header().status.as_u16();
-    let mut transcoder = match translation {
-        Translation::None => None,
-        Translation::Translate { from, to, chat } if client_streaming && status == 200 => {
+    let mut filter = match plan.translation {
+        _ if status != 200 && matches!(plan.translation, Translation::None) => {
+            BodyFilter::Unmetered
+        }
+        Translation::None if plan.client_streaming => {
+            let parser = match plan.kind {
+                ProviderKind::Anthropic => UpstreamStream::Anthropic(Default::default()),
+                _ => UpstreamStream::OpenAi(Default::default()),
+            };
+            BodyFilter::Stream(StreamMeter::new(parser, plan.strip_usage_chunk))
+        }
+        Translation::None => BodyFilter::Whole {
+            kind: plan.kind,
+            kept: BytesMut::new(),
+            too_large: false,
+        },
+        Translation::Translate { from, to, chat } if plan.client_streaming && status == 200 => {
             let client = match to {
                 ClientFormat::OpenAi => ClientStream::OpenAi(StreamRenderer::new(
                     &chat.model,
@@ -146,7 +229,7 @@ pub async fn relay(
                     ClientStream::Anthropic(anthropic_format::StreamRenderer::new(&chat.model))
                 }
             };
-            Some(StreamTranscoder::new(from.stream(chat), client))
+            BodyFilter::Transcode(StreamTranscoder::new(from.stream(chat), client))
         }
         Translation::Translate { from, to, chat } => {
             return relay_whole(
@@ -154,13 +237,41 @@ pub async fn relay(
                 ctx,
                 connector,
                 upstream,
-                limits,
-                first_chunk,
+                plan.limits,
+                plan.first_chunk,
                 (from, to, chat),
             )
             .await
         }
     };
+    let result = relay_body(
+        session,
+        ctx,
+        connector,
+        upstream,
+        &mut filter,
+        plan.limits,
+        plan.first_chunk,
+        plan.client_streaming,
+    )
+    .await;
+    // Whatever ended the relay, the tokens that went out are metered.
+    ctx.usage = filter.into_counter();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_body(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    connector: &Connector,
+    mut upstream: UpstreamResponse,
+    filter: &mut BodyFilter,
+    limits: Limits,
+    mut first_chunk: Option<Bytes>,
+    client_streaming: bool,
+) -> Result<(), GatewayError> {
+    let status = upstream.header().status.as_u16();
     let Limits { deadline, idle } = limits;
     let header = upstream.header();
     let event_stream = header
@@ -169,9 +280,11 @@ pub async fn relay(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
         || client_streaming;
-    let resp = match transcoder {
-        None => client_header(ctx, status, Some(header), None, None)?,
-        Some(_) => client_header(ctx, status, None, Some("text/event-stream"), None)?,
+    let resp = match filter {
+        BodyFilter::Transcode(_) => {
+            client_header(ctx, status, None, Some("text/event-stream"), None)?
+        }
+        _ => client_header(ctx, status, Some(header), None, None)?,
     };
     if session
         .write_response_header(Box::new(resp), false)
@@ -214,11 +327,7 @@ pub async fn relay(
                 )),
             ),
         };
-        let data = match (data, transcoder.as_mut()) {
-            (Some(data), Some(t)) => Some(t.chunk(&data)).filter(|d| !d.is_empty()),
-            (data, _) => data,
-        };
-        if let Some(data) = data {
+        if let Some(data) = data.map(|d| filter.chunk(d)).filter(|d| !d.is_empty()) {
             if session
                 .write_response_body(Some(data), false)
                 .await
@@ -253,7 +362,7 @@ pub async fn relay(
         }
         return Err(failure);
     }
-    let tail = transcoder.as_mut().map(StreamTranscoder::finish);
+    let tail = filter.finish();
     session
         .write_response_body(tail, true)
         .await
@@ -356,6 +465,17 @@ async fn relay_whole(
         let response = dialect.parse_response(&body, chat).map_err(|e| {
             GatewayError::UpstreamFailed(format!("unreadable upstream answer: {e}"))
         })?;
+        let mut counter = match dialect {
+            Dialect::Triton { .. } => UsageCounter::estimated_by_adapter(),
+            _ => UsageCounter::default(),
+        };
+        // An OpenAI-style server that reports nothing leaves zeros: count the text instead.
+        if response.usage == Default::default() {
+            counter.observe(&StreamEvent::Text(response.text.clone()));
+        } else {
+            counter.report(response.usage);
+        }
+        ctx.usage = Some(counter);
         let rendered = match client {
             ClientFormat::OpenAi => openai_format::render_response(&response, unix_now()),
             ClientFormat::Anthropic => anthropic_format::render_response(&response, &chat.model),

@@ -1,5 +1,6 @@
-//! Parse an OpenAI request body once: only the fields routing needs, and where `model` sits,
-//! so the upstream body can be the client's bytes with just the model name swapped.
+//! Parse an OpenAI request body once: only the fields routing needs, and where `model` and
+//! `stream_options` sit, so the upstream body can be the client's bytes with just those
+//! values swapped.
 
 use crate::error::GatewayError;
 use bytes::{Bytes, BytesMut};
@@ -14,6 +15,20 @@ pub struct RequestHead {
     /// Byte range of the `model` value (quotes included) in the body.
     model_span: Range<usize>,
     pub stream: bool,
+    /// The client asked for the final usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// Byte range of the `stream_options` value, when there is one.
+    stream_options_span: Option<Range<usize>>,
+}
+
+/// Which usage a stream should report when the gateway asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageReports {
+    /// A final usage chunk (`include_usage`).
+    Final,
+    /// Also the running usage on every chunk (vLLM's `continuous_usage_stats`), so a stream
+    /// cut short is still metered from the provider's own count.
+    Continuous,
 }
 
 #[derive(Deserialize)]
@@ -21,6 +36,19 @@ struct Fields<'a> {
     #[serde(borrow)]
     model: Option<&'a RawValue>,
     stream: Option<bool>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// Where `raw` (borrowed from `body`) sits in `body`.
+fn span_in(body: &[u8], raw: &RawValue) -> Range<usize> {
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    start..start + raw.get().len()
 }
 
 impl RequestHead {
@@ -42,25 +70,75 @@ impl RequestHead {
         if model.is_empty() {
             return Err(bad("`model` must not be empty.".into(), Some("model")));
         }
+        let include_usage = match fields.stream_options {
+            Some(raw) if raw.get() != "null" => {
+                serde_json::from_str::<StreamOptions>(raw.get())
+                    .map_err(|_| {
+                        bad(
+                            "`stream_options` must be an object.".into(),
+                            Some("stream_options"),
+                        )
+                    })?
+                    .include_usage
+                    == Some(true)
+            }
+            _ => false,
+        };
         // RawValue borrows from `body`, so its address gives the value's exact position.
-        let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
         Ok(RequestHead {
             model,
-            model_span: start..start + raw.get().len(),
+            model_span: span_in(body, raw),
             stream: fields.stream.unwrap_or(false),
+            include_usage,
+            stream_options_span: fields.stream_options.map(|raw| span_in(body, raw)),
         })
     }
 
-    /// The body with `model` replaced by `upstream_model`; every other byte untouched.
-    pub fn body_for(&self, body: &Bytes, upstream_model: &str) -> Bytes {
-        if upstream_model == self.model {
+    /// The body with `model` replaced by `upstream_model`, and `stream_options` asking for
+    /// `usage` reports when given; every other byte untouched.
+    pub fn body_for(
+        &self,
+        body: &Bytes,
+        upstream_model: &str,
+        usage: Option<UsageReports>,
+    ) -> Bytes {
+        let mut edits: Vec<(Range<usize>, String)> = Vec::with_capacity(2);
+        if upstream_model != self.model {
+            let quoted = serde_json::to_string(upstream_model).expect("a string serializes");
+            edits.push((self.model_span.clone(), quoted));
+        }
+        if let Some(usage) = usage {
+            let options = match usage {
+                UsageReports::Final => r#"{"include_usage":true}"#,
+                UsageReports::Continuous => {
+                    r#"{"include_usage":true,"continuous_usage_stats":true}"#
+                }
+            };
+            match &self.stream_options_span {
+                Some(span) => edits.push((span.clone(), options.to_string())),
+                // Right after the opening brace: the body is a JSON object.
+                None => {
+                    let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
+                    edits.push((
+                        open + 1..open + 1,
+                        format!(r#""stream_options":{options},"#),
+                    ));
+                }
+            }
+        }
+        if edits.is_empty() {
             return body.clone();
         }
-        let quoted = serde_json::to_string(upstream_model).expect("a string serializes");
-        let mut out = BytesMut::with_capacity(body.len() + quoted.len());
-        out.extend_from_slice(&body[..self.model_span.start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&body[self.model_span.end..]);
+        edits.sort_by_key(|(span, _)| span.start);
+        let added: usize = edits.iter().map(|(_, text)| text.len()).sum();
+        let mut out = BytesMut::with_capacity(body.len() + added);
+        let mut at = 0;
+        for (span, text) in edits {
+            out.extend_from_slice(&body[at..span.start]);
+            out.extend_from_slice(text.as_bytes());
+            at = span.end;
+        }
+        out.extend_from_slice(&body[at..]);
         out.freeze()
     }
 }
@@ -75,7 +153,7 @@ mod tests {
         let head = RequestHead::parse(body).unwrap();
         assert_eq!(head.model, "virt");
         assert!(head.stream);
-        let out = head.body_for(&Bytes::from_static(body), "gpt-4o");
+        let out = head.body_for(&Bytes::from_static(body), "gpt-4o", None);
         assert_eq!(
             &out[..],
             br#"{"messages":[{"role":"user","content":"hi \"model\""}],"model" : "gpt-4o","stream":true}"#
@@ -87,7 +165,7 @@ mod tests {
         let body = Bytes::from_static(br#"{"model":"m"}"#);
         let head = RequestHead::parse(&body).unwrap();
         assert!(!head.stream);
-        assert_eq!(head.body_for(&body, "m").as_ptr(), body.as_ptr());
+        assert_eq!(head.body_for(&body, "m", None).as_ptr(), body.as_ptr());
     }
 
     #[test]
@@ -95,7 +173,48 @@ mod tests {
         let body = Bytes::from_static(br#"{"model":"a\u0062c"}"#);
         let head = RequestHead::parse(&body).unwrap();
         assert_eq!(head.model, "abc");
-        assert_eq!(&head.body_for(&body, "x\"y")[..], br#"{"model":"x\"y"}"#);
+        assert_eq!(
+            &head.body_for(&body, "x\"y", None)[..],
+            br#"{"model":"x\"y"}"#
+        );
+    }
+
+    #[test]
+    fn asks_for_usage_without_touching_the_rest() {
+        let body = Bytes::from_static(br#"{"model":"v","stream":true,"messages":[]}"#);
+        let head = RequestHead::parse(&body).unwrap();
+        assert!(!head.include_usage);
+        let out = head.body_for(&body, "up", Some(UsageReports::Final));
+        assert_eq!(
+            &out[..],
+            br#"{"stream_options":{"include_usage":true},"model":"up","stream":true,"messages":[]}"#
+        );
+
+        let body = Bytes::from_static(
+            br#" {"stream_options":{"include_usage":false},"model":"v","stream":true}"#,
+        );
+        let head = RequestHead::parse(&body).unwrap();
+        assert!(!head.include_usage);
+        let out = head.body_for(&body, "v", Some(UsageReports::Continuous));
+        assert_eq!(
+            &out[..],
+            br#" {"stream_options":{"include_usage":true,"continuous_usage_stats":true},"model":"v","stream":true}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn reads_the_clients_usage_request() {
+        let head = RequestHead::parse(
+            br#"{"model":"v","stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap();
+        assert!(head.include_usage);
+        let head = RequestHead::parse(br#"{"model":"v","stream_options":null}"#).unwrap();
+        assert!(!head.include_usage);
+        let err = RequestHead::parse(br#"{"model":"v","stream_options":3}"#).unwrap_err();
+        assert!(err.to_string().contains("stream_options"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::body::{json, sse_named, MockResponse};
 use crate::errors::OVERLOADED;
+use crate::state::ReportedUsage;
 use crate::stream::StreamFormat;
 use crate::text::{
     completion_text, token_piece, Answer, Finish, ToolArgs, TOOL_ARGS, TOOL_ARGS_PIECES,
@@ -191,6 +192,15 @@ impl StreamFormat for MessageEvents {
         };
         out.push(Event::MessageDelta { delta, usage }.sse());
         out.push(Event::MessageStop.sse());
+    }
+
+    /// `message_start` reports the input and one output token; `message_delta` the rest.
+    fn reported_usage(&self, delivered: u32, completed: bool) -> Option<ReportedUsage> {
+        let output = if completed { self.output_tokens() } else { 1 };
+        (delivered > 0).then_some(ReportedUsage {
+            input: self.input_tokens,
+            output,
+        })
     }
 
     fn error_event(&self) -> Option<Bytes> {

@@ -11,7 +11,7 @@ use crate::body::{json, MockResponse};
 use crate::config::MockConfig;
 use crate::prompt::{asks_about_weather, Content};
 use crate::router::Endpoint;
-use crate::state::Shared;
+use crate::state::{ReportedUsage, Shared};
 use crate::stream::{self, answer_delay, Plan};
 use crate::text::{estimate_tokens, new_id, Answer};
 pub(crate) use events::error;
@@ -86,6 +86,10 @@ pub(crate) async fn handle(
         return stream::start(shared, events, plan, running);
     }
     answer_delay(cfg).await;
+    shared.stats.report_usage(ReportedUsage {
+        input: events.input_tokens,
+        output: events.output_tokens(),
+    });
     json(StatusCode::OK, &events.whole())
 }
 

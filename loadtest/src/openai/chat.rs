@@ -10,7 +10,7 @@ use super::request::{messages_tokens, ChatRequest};
 use super::{invalid_json, missing, stream_usage, unix_now, StreamUsage, Usage};
 use crate::body::{json, sse_json, MockResponse, SSE_DONE};
 use crate::config::MockConfig;
-use crate::state::Shared;
+use crate::state::{ReportedUsage, Shared};
 use crate::stream::{self, answer_delay, Plan, StreamFormat};
 use crate::text::{cap_tokens, completion_text, new_id, token_piece, Finish};
 
@@ -40,6 +40,7 @@ pub(crate) async fn handle(
         created: unix_now(),
         model,
         include_usage: gen.include_usage,
+        continuous_usage: gen.continuous_usage,
         finish,
         usage,
     };
@@ -47,6 +48,7 @@ pub(crate) async fn handle(
         return stream::start(shared, chunks, Plan::new(cfg, tokens), running);
     }
     answer_delay(cfg).await;
+    shared.stats.report_usage(usage.reported());
     let content = completion_text(tokens);
     json(
         StatusCode::OK,
@@ -102,6 +104,7 @@ struct ChatChunks {
     created: u64,
     model: String,
     include_usage: bool,
+    continuous_usage: bool,
     finish: Finish,
     usage: Usage,
 }
@@ -146,14 +149,23 @@ impl ChatChunks {
         })
     }
 
-    fn choice_event(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Bytes {
+    /// `generated`: tokens so far, for the running usage of `continuous_usage_stats`.
+    fn choice_event(
+        &self,
+        delta: Delta<'_>,
+        finish_reason: Option<&'static str>,
+        generated: u32,
+    ) -> Bytes {
         let choice = ChunkChoice {
             index: 0,
             delta,
             logprobs: (),
             finish_reason,
         };
-        self.event(&[choice], None)
+        let running = self
+            .continuous_usage
+            .then(|| Usage::new(self.usage.prompt_tokens, generated));
+        self.event(&[choice], running)
     }
 }
 
@@ -163,7 +175,7 @@ impl StreamFormat for ChatChunks {
             role: Some("assistant"),
             content: Some(""),
         };
-        out.push(self.choice_event(delta, None));
+        out.push(self.choice_event(delta, None, 0));
     }
 
     fn token(&self, i: u32, out: &mut Vec<Bytes>) {
@@ -171,15 +183,26 @@ impl StreamFormat for ChatChunks {
             role: None,
             content: Some(token_piece(i)),
         };
-        out.push(self.choice_event(delta, None));
+        out.push(self.choice_event(delta, None, i + 1));
     }
 
     fn closing(&self, out: &mut Vec<Bytes>) {
-        out.push(self.choice_event(Delta::default(), Some(self.finish.as_str())));
+        let tokens = self.usage.completion_tokens;
+        out.push(self.choice_event(Delta::default(), Some(self.finish.as_str()), tokens));
         if self.include_usage {
             out.push(self.event(&[], Some(self.usage)));
         }
         out.push(Bytes::from_static(SSE_DONE));
+    }
+
+    fn reported_usage(&self, delivered: u32, completed: bool) -> Option<ReportedUsage> {
+        if completed && self.include_usage {
+            return Some(self.usage.reported());
+        }
+        // The opening chunk, then one chunk per token, each with the running count.
+        let generated = delivered.checked_sub(1)?.min(self.usage.completion_tokens);
+        self.continuous_usage
+            .then(|| Usage::new(self.usage.prompt_tokens, generated).reported())
     }
 }
 
@@ -200,6 +223,7 @@ mod tests {
 
     fn chunks(include_usage: bool) -> ChatChunks {
         ChatChunks {
+            continuous_usage: false,
             id: "chatcmpl-x".into(),
             created: 7,
             model: "m".into(),
@@ -207,6 +231,43 @@ mod tests {
             finish: Finish::Stop,
             usage: Usage::new(1, 2),
         }
+    }
+
+    #[tokio::test]
+    async fn continuous_usage_runs_on_every_chunk_and_counts_what_was_sent() {
+        let format = ChatChunks {
+            continuous_usage: true,
+            ..chunks(true)
+        };
+        let events = stream::collect(&format, 2).await;
+        // role, 2 tokens, finish, usage, [DONE]
+        let running: Vec<Value> = events[..4]
+            .iter()
+            .map(|e| parse(e)["usage"].clone())
+            .collect();
+        assert_eq!(
+            running,
+            [0, 1, 2, 2].map(
+                |n| json!({"prompt_tokens": 1, "completion_tokens": n, "total_tokens": 1 + n})
+            )
+        );
+        assert_eq!(
+            format.reported_usage(2, false),
+            Some(ReportedUsage {
+                input: 1,
+                output: 1
+            })
+        );
+        assert_eq!(format.reported_usage(0, false), None);
+        assert_eq!(
+            format.reported_usage(6, true),
+            Some(ReportedUsage {
+                input: 1,
+                output: 2
+            })
+        );
+        assert_eq!(chunks(false).reported_usage(3, false), None);
+        assert_eq!(chunks(true).reported_usage(3, false), None);
     }
 
     #[tokio::test]

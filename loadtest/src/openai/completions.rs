@@ -10,7 +10,7 @@ use super::request::CompletionRequest;
 use super::{invalid_json, missing, stream_usage, unix_now, StreamUsage, Usage};
 use crate::body::{json, sse_json, MockResponse, SSE_DONE};
 use crate::config::MockConfig;
-use crate::state::Shared;
+use crate::state::{ReportedUsage, Shared};
 use crate::stream::{self, answer_delay, Plan, StreamFormat};
 use crate::text::{cap_tokens, completion_text, estimate_tokens, new_id, token_piece, Finish};
 
@@ -48,6 +48,7 @@ pub(crate) async fn handle(
         return stream::start(shared, chunks, Plan::new(cfg, tokens), running);
     }
     answer_delay(cfg).await;
+    shared.stats.report_usage(usage.reported());
     let text = completion_text(tokens);
     let choice = TextChoice {
         text: &text,
@@ -127,6 +128,10 @@ impl StreamFormat for TextChunks {
             out.push(sse_json(&self.object(&[], Some(Some(self.usage)))));
         }
         out.push(Bytes::from_static(SSE_DONE));
+    }
+
+    fn reported_usage(&self, _delivered: u32, completed: bool) -> Option<ReportedUsage> {
+        (completed && self.include_usage).then(|| self.usage.reported())
     }
 }
 

@@ -7,10 +7,12 @@ use super::request::EmbeddingRequest;
 use super::{invalid_json, missing};
 use crate::body::{json, MockResponse};
 use crate::config::MockConfig;
+use crate::state::{ReportedUsage, Shared};
 use crate::stream::answer_delay;
 use crate::text::{embedding, embedding_base64};
 
 pub(crate) async fn handle(
+    shared: &Shared,
     cfg: &MockConfig,
     body: &[u8],
     deployment: Option<String>,
@@ -46,6 +48,10 @@ pub(crate) async fn handle(
         .collect();
     let prompt_tokens = input.tokens();
     answer_delay(cfg).await;
+    shared.stats.report_usage(ReportedUsage {
+        input: prompt_tokens,
+        output: 0,
+    });
     json(
         StatusCode::OK,
         &EmbeddingList {

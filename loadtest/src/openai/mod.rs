@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::body::MockResponse;
 use crate::errors::bad_request;
 use crate::router::Endpoint;
+use crate::state::ReportedUsage;
 
 /// The OpenAI endpoint at `path`, if any.
 pub(crate) fn route(path: &str) -> Option<Endpoint> {
@@ -54,6 +55,13 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
+        }
+    }
+
+    pub(crate) fn reported(self) -> ReportedUsage {
+        ReportedUsage {
+            input: self.prompt_tokens,
+            output: self.completion_tokens,
         }
     }
 }

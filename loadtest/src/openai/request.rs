@@ -9,12 +9,17 @@ use crate::text::estimate_tokens;
 pub(crate) struct StreamOptions {
     #[serde(default)]
     pub(crate) include_usage: bool,
+    /// vLLM's running usage on every chunk.
+    #[serde(default)]
+    pub(crate) continuous_usage_stats: bool,
 }
 
 /// What a chat or legacy completion request asks of generation.
 pub(crate) struct Generation {
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
+    /// Usage so far on every chunk too (vLLM's `continuous_usage_stats`).
+    pub(crate) continuous_usage: bool,
     /// The tightest token limit the request gives.
     pub(crate) token_limit: Option<u32>,
 }
@@ -30,6 +35,7 @@ impl Generation {
         Generation {
             stream: stream == Some(true),
             include_usage: options.is_some_and(|o| o.include_usage),
+            continuous_usage: options.is_some_and(|o| o.include_usage && o.continuous_usage_stats),
             token_limit: limits.into_iter().flatten().min(),
         }
     }
