@@ -5,6 +5,7 @@ use crate::control::Control;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::request_id;
+use crate::usage;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
@@ -13,15 +14,21 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tollgate_plugins::ledger::Ledger;
 
 pub struct Admin {
     control: Arc<Control>,
     metrics: Arc<Metrics>,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Admin {
-    pub fn new(control: Arc<Control>, metrics: Arc<Metrics>) -> Admin {
-        Admin { control, metrics }
+    pub fn new(control: Arc<Control>, metrics: Arc<Metrics>, ledger: Option<Arc<Ledger>>) -> Admin {
+        Admin {
+            control,
+            metrics,
+            ledger,
+        }
     }
 }
 
@@ -85,6 +92,9 @@ impl ServeHttp for Admin {
             ("GET", "/readyz") => json_reply(200, json!({"status": "ready"})),
             ("GET", "/metrics") => {
                 self.metrics.refresh_endpoints(&self.control.runtime());
+                if let Some(ledger) = &self.ledger {
+                    self.metrics.refresh_ledger(ledger);
+                }
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -93,6 +103,11 @@ impl ServeHttp for Admin {
             }
             ("GET", "/admin/providers") => json_reply(200, providers_json(&self.control.runtime())),
             ("GET", "/admin/config") => json_reply(200, self.control.runtime().redacted_json()),
+            ("GET", "/admin/usage") => {
+                let query = session.req_header().uri.query().map(str::to_string);
+                let (status, body) = usage::report(self.ledger.as_ref(), query.as_deref()).await;
+                json_reply(status, body)
+            }
             ("POST", "/admin/reload") => match self.control.reload("admin API").await {
                 Ok(()) => json_reply(200, json!({"status": "reloaded"})),
                 Err(e) => admin_error(400, "invalid_config", &e.to_string()),
@@ -100,7 +115,7 @@ impl ServeHttp for Admin {
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/reload"
-                | "/admin/providers",
+                | "/admin/providers" | "/admin/usage",
             ) => gateway_error(GatewayError::MethodNotAllowed { method, path }),
             _ => gateway_error(GatewayError::UnknownPath(path)),
         }

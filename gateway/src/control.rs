@@ -90,6 +90,7 @@ impl Control {
                         new.server.admin_listen != old.server.admin_listen,
                     ),
                     ("server.threads", new.server.threads != old.server.threads),
+                    ("plugins.ledger", new.ledger != old.ledger),
                 ] {
                     if changed {
                         log::warn!("config reload: {what} changed; it takes effect on restart");

@@ -15,3 +15,4 @@ pub mod router;
 pub mod server;
 pub mod tokens;
 pub mod upstream;
+pub mod usage;

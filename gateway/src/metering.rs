@@ -7,6 +7,7 @@ use crate::providers::transcode::UpstreamStream;
 use crate::providers::{anthropic, openai_upstream, ProviderKind};
 use crate::tokens::{self, PromptSize};
 use bytes::{Bytes, BytesMut};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tollgate_plugins::sse::{encode_data, SseParser};
 use tollgate_plugins::Metered;
@@ -66,44 +67,50 @@ impl UsageCounter {
     }
 }
 
-/// Watches a stream that passes through in the client's own format for its usage, and
-/// strips the usage-only chunk the gateway asked for when the client did not.
+/// Which of the usage reports the gateway asked for the client wants to see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageShown {
+    /// The final usage-only chunk (`include_usage`).
+    pub final_chunk: bool,
+    /// The running usage on content chunks (`continuous_usage_stats`).
+    pub running: bool,
+}
+
+/// Watches a stream that passes through in the client's own format for its usage. When the
+/// gateway asked for usage reports the client did not, its events are re-framed without them:
+/// the usage-only chunk left out, running usage set to `null`.
 pub struct StreamMeter {
     sse: SseParser,
     parser: UpstreamStream,
     events: Vec<StreamEvent>,
     pub counter: UsageCounter,
-    /// Re-frame the events and leave out the usage-only one.
-    strip_usage_chunk: bool,
+    /// `None`: the bytes pass untouched.
+    shown: Option<UsageShown>,
 }
 
 impl StreamMeter {
-    pub fn new(parser: UpstreamStream, strip_usage_chunk: bool) -> StreamMeter {
+    pub fn new(parser: UpstreamStream, shown: Option<UsageShown>) -> StreamMeter {
         StreamMeter {
             sse: SseParser::new(),
             parser,
             events: Vec::new(),
             counter: UsageCounter::default(),
-            strip_usage_chunk,
+            shown,
         }
     }
 
-    /// The bytes to send the client for one upstream chunk: the chunk itself, or when
-    /// stripping, its whole events re-framed without the usage-only one.
+    /// The bytes to send the client for one upstream chunk.
     pub fn chunk(&mut self, data: Bytes) -> Bytes {
         let (parser, events, counter) = (&mut self.parser, &mut self.events, &mut self.counter);
-        if !self.strip_usage_chunk {
+        let Some(shown) = self.shown else {
             self.sse.feed(&data, |event| {
-                parser.on_event(event.data, events);
-                for e in events.drain(..) {
-                    counter.observe(&e);
-                }
+                Self::observe(parser, events, counter, event.data);
             });
             return data;
-        }
+        };
         let mut out = BytesMut::with_capacity(data.len());
         self.sse.feed(&data, |event| {
-            Self::keep_unless_usage_only(parser, events, counter, &event, &mut out)
+            Self::rewrite(parser, events, counter, shown, &event, &mut out)
         });
         out.freeze()
     }
@@ -112,36 +119,66 @@ impl StreamMeter {
     pub fn finish(&mut self) -> Bytes {
         let (parser, events, counter) = (&mut self.parser, &mut self.events, &mut self.counter);
         let mut out = BytesMut::new();
-        let strip = self.strip_usage_chunk;
-        self.sse.finish(|event| {
-            if strip {
-                Self::keep_unless_usage_only(parser, events, counter, &event, &mut out);
-            } else {
-                parser.on_event(event.data, events);
-                for e in events.drain(..) {
-                    counter.observe(&e);
-                }
+        let shown = self.shown;
+        self.sse.finish(|event| match shown {
+            Some(shown) => Self::rewrite(parser, events, counter, shown, &event, &mut out),
+            None => {
+                Self::observe(parser, events, counter, event.data);
             }
         });
         out.freeze()
     }
 
-    fn keep_unless_usage_only(
+    /// Feeds one event to the meter; returns (it held only usage, it held usage).
+    fn observe(
         parser: &mut UpstreamStream,
         events: &mut Vec<StreamEvent>,
         counter: &mut UsageCounter,
-        event: &tollgate_plugins::sse::Event<'_>,
-        out: &mut BytesMut,
-    ) {
-        parser.on_event(event.data, events);
+        data: &str,
+    ) -> (bool, bool) {
+        parser.on_event(data, events);
         let usage_only = matches!(events.as_slice(), [StreamEvent::Usage(_)]);
+        let has_usage = events.iter().any(|e| matches!(e, StreamEvent::Usage(_)));
         for e in events.drain(..) {
             counter.observe(&e);
         }
-        if !usage_only {
-            encode_data(out, event.event, event.data);
+        (usage_only, has_usage)
+    }
+
+    fn rewrite(
+        parser: &mut UpstreamStream,
+        events: &mut Vec<StreamEvent>,
+        counter: &mut UsageCounter,
+        shown: UsageShown,
+        event: &tollgate_plugins::sse::Event<'_>,
+        out: &mut BytesMut,
+    ) {
+        match Self::observe(parser, events, counter, event.data) {
+            (true, _) if !shown.final_chunk => {}
+            (false, true) if !shown.running => match without_usage(event.data) {
+                Some(data) => encode_data(out, event.event, &data),
+                None => encode_data(out, event.event, event.data),
+            },
+            _ => encode_data(out, event.event, event.data),
         }
     }
+}
+
+/// A chunk's JSON with its `usage` value replaced by `null`, every other byte kept.
+fn without_usage(data: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct UsageSpan<'a> {
+        #[serde(borrow)]
+        usage: Option<&'a RawValue>,
+    }
+    let raw = serde_json::from_str::<UsageSpan>(data).ok()?.usage?.get();
+    // The raw value borrows from `data`, so its address gives its position.
+    let start = raw.as_ptr() as usize - data.as_ptr() as usize;
+    Some(format!(
+        "{}null{}",
+        &data[..start],
+        &data[start + raw.len()..]
+    ))
 }
 
 /// The largest whole answer kept to read its usage from.
@@ -225,7 +262,7 @@ mod tests {
     fn passthrough_is_byte_exact_and_reads_the_usage() {
         let wire = stream_bytes();
         for step in [1, 7, wire.len()] {
-            let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), false);
+            let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), None);
             assert_eq!(run(&mut meter, &wire, step), wire);
             assert_eq!(
                 meter.counter.settle(b"{}", Tokenizer::O200k),
@@ -238,7 +275,8 @@ mod tests {
     fn strips_only_the_usage_chunk_and_still_meters() {
         let wire = stream_bytes();
         for step in [1, 13, wire.len()] {
-            let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), true);
+            let mut meter =
+                StreamMeter::new(UpstreamStream::OpenAi(Default::default()), Some(HIDDEN));
             let out = String::from_utf8(run(&mut meter, &wire, step)).unwrap();
             let expected: String = CHUNKS[..3]
                 .iter()
@@ -250,13 +288,85 @@ mod tests {
         }
     }
 
+    const HIDDEN: UsageShown = UsageShown {
+        final_chunk: false,
+        running: false,
+    };
+
     #[test]
-    fn usage_on_a_content_chunk_is_kept() {
-        let chunk = r#"{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
-        let wire = format!("data: {chunk}\n\n");
-        let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), true);
-        assert_eq!(run(&mut meter, wire.as_bytes(), 5), wire.as_bytes());
-        assert_eq!(meter.counter.settle(b"{}", Tokenizer::O200k).0.input, 3);
+    fn running_usage_is_metered_and_nulled_unless_asked_for() {
+        let chunks = [
+            r#"{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+        ];
+        let wire: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+        let nulled = |c: &str| {
+            c.replace(
+                r#""usage":{"prompt_tokens":3,"completion_tokens":1}"#,
+                r#""usage":null"#,
+            )
+            .replace(
+                r#""usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+                r#""usage":null}"#,
+            )
+        };
+        for (shown, expected) in [
+            (None, wire.clone()),
+            (
+                Some(HIDDEN),
+                format!(
+                    "data: {}\n\ndata: {}\n\n",
+                    nulled(chunks[0]),
+                    nulled(chunks[1])
+                ),
+            ),
+            (
+                Some(UsageShown {
+                    final_chunk: true,
+                    running: false,
+                }),
+                format!(
+                    "data: {}\n\ndata: {}\n\ndata: {}\n\n",
+                    nulled(chunks[0]),
+                    nulled(chunks[1]),
+                    chunks[2]
+                ),
+            ),
+            (
+                Some(UsageShown {
+                    final_chunk: true,
+                    running: true,
+                }),
+                wire.clone(),
+            ),
+        ] {
+            let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), shown);
+            let out = String::from_utf8(run(&mut meter, wire.as_bytes(), 5)).unwrap();
+            assert_eq!(out, expected, "{shown:?}");
+            assert_eq!(
+                meter.counter.settle(b"{}", Tokenizer::O200k).0,
+                Usage {
+                    input: 3,
+                    cached_input: 0,
+                    output: 2
+                }
+            );
+        }
+        // Cut after the first chunk: the running usage is the provider's count so far.
+        let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), Some(HIDDEN));
+        run(&mut meter, format!("data: {}\n\n", chunks[0]).as_bytes(), 7);
+        assert_eq!(
+            meter.counter.settle(b"{}", Tokenizer::O200k),
+            (
+                Usage {
+                    input: 3,
+                    cached_input: 0,
+                    output: 1
+                },
+                false
+            )
+        );
     }
 
     #[test]
@@ -266,7 +376,7 @@ mod tests {
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n",
         );
-        let mut meter = StreamMeter::new(UpstreamStream::Anthropic(Default::default()), false);
+        let mut meter = StreamMeter::new(UpstreamStream::Anthropic(Default::default()), None);
         assert_eq!(run(&mut meter, wire.as_bytes(), 11), wire.as_bytes());
         assert_eq!(
             meter.counter.settle(b"{}", Tokenizer::Cl100k),
@@ -285,7 +395,7 @@ mod tests {
     fn a_stream_cut_short_is_estimated_from_what_was_generated() {
         let wire = stream_bytes();
         let cut = wire.len() - 200;
-        let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), false);
+        let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), None);
         run(&mut meter, &wire[..cut], 9);
         let body =
             br#"{"model":"m","messages":[{"role":"user","content":"Say hello to the world"}]}"#;

@@ -6,6 +6,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Instant;
+use tollgate_plugins::ledger::Ledger;
 use tollgate_plugins::Metered;
 
 pub struct Metrics {
@@ -21,6 +22,8 @@ pub struct Metrics {
     cost: CounterVec,
     pub time_to_first_token: HistogramVec,
     pub ratelimited: IntCounterVec,
+    ledger_rows: IntCounterVec,
+    ledger_pending: IntGauge,
     endpoint_healthy: IntGaugeVec,
     endpoint_ewma: GaugeVec,
     endpoint_in_flight: IntGaugeVec,
@@ -126,6 +129,19 @@ impl Metrics {
             &["scope"],
         )
         .expect("valid metric");
+        let ledger_rows = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ledger_rows_total",
+                "Ledger rows by outcome: written, overflow (the queue was full), error.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let ledger_pending = IntGauge::new(
+            "tollgate_ledger_pending_rows",
+            "Ledger rows queued and not yet committed.",
+        )
+        .expect("valid metric");
         let endpoint_healthy = IntGaugeVec::new(
             Opts::new(
                 "tollgate_endpoint_healthy",
@@ -162,6 +178,8 @@ impl Metrics {
             Box::new(cost.clone()),
             Box::new(time_to_first_token.clone()),
             Box::new(ratelimited.clone()),
+            Box::new(ledger_rows.clone()),
+            Box::new(ledger_pending.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(endpoint_ewma.clone()),
             Box::new(endpoint_in_flight.clone()),
@@ -185,6 +203,8 @@ impl Metrics {
             cost,
             time_to_first_token,
             ratelimited,
+            ledger_rows,
+            ledger_pending,
             endpoint_healthy,
             endpoint_ewma,
             endpoint_in_flight,
@@ -202,6 +222,19 @@ impl Metrics {
         self.cost
             .with_label_values(&[model, provider, team])
             .inc_by(metered.cost_usd);
+    }
+
+    /// Brings the ledger's counters up to date: the ledger counts, the metrics follow.
+    pub fn refresh_ledger(&self, ledger: &Ledger) {
+        for (result, now) in [
+            ("written", ledger.written()),
+            ("overflow", ledger.overflowed()),
+            ("error", ledger.write_errors()),
+        ] {
+            let counter = self.ledger_rows.with_label_values(&[result]);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        self.ledger_pending.set(ledger.pending() as i64);
     }
 
     /// Sets the per-endpoint gauges from the running config's endpoints (dropping those of

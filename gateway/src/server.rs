@@ -8,6 +8,7 @@ use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::router::Strategy;
+use crate::usage::LedgerCloser;
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpSocket;
+use tollgate_plugins::ledger::Ledger;
 
 /// Fails fast when a listen address is taken: Pingora itself would retry binding forever.
 fn check_bindable(addrs: &[SocketAddr]) -> Result<(), String> {
@@ -83,13 +85,21 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
 
     let listen = settings.listen.clone();
     let admin_listen = settings.admin_listen;
+    let ledger = match &runtime.ledger {
+        Some(config) => {
+            let ledger = Ledger::open(config.clone()).map_err(|e| format!("cannot start: {e}"))?;
+            log::info!("usage ledger at {}", config.path.display());
+            Some(ledger)
+        }
+        None => None,
+    };
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
     let metrics = Arc::new(Metrics::new());
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
 
-    let gateway = Gateway::new(runtime.clone(), connector, metrics.clone());
+    let gateway = Gateway::new(runtime.clone(), connector, metrics.clone(), ledger.clone());
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "tollgate");
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
@@ -102,7 +112,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
     let control = Arc::new(Control::new(config_path, runtime, metrics.clone()));
     let mut admin = Service::new(
         "tollgate admin".to_string(),
-        Admin::new(control.clone(), metrics),
+        Admin::new(control.clone(), metrics.clone(), ledger.clone()),
     );
     admin.add_tcp(&admin_listen.to_string());
     admin.threads = Some(1);
@@ -114,5 +124,11 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         control,
     ));
     server.add_service(health);
+    if let Some(ledger) = ledger {
+        server.add_service(GenBackgroundService::new(
+            "tollgate ledger".to_string(),
+            Arc::new(LedgerCloser { ledger }),
+        ));
+    }
     server.run_forever();
 }

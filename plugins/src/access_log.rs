@@ -13,6 +13,7 @@ impl AccessLog {
             "method": s.method,
             "path": s.path,
             "key": s.key_id,
+            "team": s.team,
             "model": s.model,
             "provider": s.provider,
             "upstream_model": s.upstream_model,
@@ -44,16 +45,23 @@ mod tests {
     fn one_json_line_with_the_outcome() {
         let line = AccessLog::line(&Settlement {
             request_id: "r1",
+            started_at: std::time::SystemTime::UNIX_EPOCH,
             method: "POST",
             path: "/v1/chat/completions",
             key_id: Some("app"),
+            team: Some("support"),
+            project: None,
+            tags: None,
             model: Some("support"),
             provider: Some("openai"),
             upstream_model: Some("gpt-4o"),
             status: 200,
             attempts: 2,
             duration: Duration::from_micros(12_345),
+            time_to_first_token: None,
             overhead: Duration::from_micros(150),
+            cache: "off",
+            metered: None,
         });
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

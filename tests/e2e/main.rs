@@ -8,6 +8,7 @@ mod context;
 mod errors;
 mod failover;
 mod geo;
+mod ledger;
 mod metering;
 mod relay;
 mod reload;

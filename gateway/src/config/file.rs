@@ -60,6 +60,21 @@ pub struct PriceSection {
 pub struct PluginsSection {
     /// One JSON line per request on the `tollgate::access` log target.
     pub access_log: Option<bool>,
+    /// The usage ledger: one SQLite row per request.
+    pub ledger: Option<LedgerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    pub path: String,
+    /// Rows waiting for the writer at most; beyond, rows are counted as overflow.
+    pub queue: Option<usize>,
+    /// Rows per transaction at most.
+    pub batch: Option<usize>,
+    /// How long the writer gathers a batch.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub flush_every: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

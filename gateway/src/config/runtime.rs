@@ -1,7 +1,9 @@
 //! The validated runtime model: everything a request needs, resolved and checked once per
 //! (re)load, so the hot path never parses or validates config.
 
-use super::file::{FileConfig, KeySection, ModelSection, ProviderSection, ServerSection};
+use super::file::{
+    FileConfig, KeySection, LedgerSection, ModelSection, ProviderSection, ServerSection,
+};
 use super::secret::Secret;
 use super::units::format_duration;
 use super::ConfigError;
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tollgate_plugins::access_log::AccessLog;
+use tollgate_plugins::ledger::LedgerConfig;
 use tollgate_plugins::Plugin;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -46,6 +49,8 @@ pub struct Runtime {
     pub keys: Option<KeyTable>,
     /// In the order they run.
     pub plugins: Vec<Arc<dyn Plugin>>,
+    /// Opened once at startup: a change takes effect on restart.
+    pub ledger: Option<LedgerConfig>,
     pub geo: Geo,
     /// Things that load but look wrong (a target outside its model's residency, say).
     pub warnings: Vec<String>,
@@ -515,6 +520,11 @@ pub fn build(
     if file.plugins.access_log == Some(true) {
         plugins.push(Arc::new(AccessLog));
     }
+    let ledger = file
+        .plugins
+        .ledger
+        .map(|l| build_ledger(&cx, l))
+        .transpose()?;
 
     Ok(Runtime {
         source: source.to_path_buf(),
@@ -525,9 +535,39 @@ pub fn build(
         model_index,
         keys,
         plugins,
+        ledger,
         geo,
         warnings,
     })
+}
+
+/// The most rows the ledger's queue may hold: each slot is reserved up front.
+const MAX_LEDGER_QUEUE: usize = 4_000_000;
+
+fn build_ledger(cx: &Ctx, l: LedgerSection) -> Result<LedgerConfig, ConfigError> {
+    if l.path.trim().is_empty() {
+        return Err(cx.err("plugins.ledger.path", "expected a file path"));
+    }
+    let mut config = LedgerConfig::new(&l.path);
+    if let Some(queue) = l.queue {
+        if !(1..=MAX_LEDGER_QUEUE).contains(&queue) {
+            return Err(cx.err(
+                "plugins.ledger.queue",
+                format!("expected 1 to {MAX_LEDGER_QUEUE} rows"),
+            ));
+        }
+        config.queue = queue;
+    }
+    if let Some(batch) = l.batch {
+        if batch == 0 {
+            return Err(cx.err("plugins.ledger.batch", "expected at least 1 row"));
+        }
+        config.batch = batch;
+    }
+    if let Some(every) = l.flush_every {
+        config.flush_every = every;
+    }
+    Ok(config)
 }
 
 fn build_server(cx: &Ctx, s: ServerSection) -> Result<ServerSettings, ConfigError> {

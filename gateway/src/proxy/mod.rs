@@ -11,7 +11,7 @@ use crate::catalog::{ModelFacts, Tokenizer};
 use crate::config::runtime::{Key, Model, Target};
 use crate::config::Runtime;
 use crate::error::GatewayError;
-use crate::metering::{self, UsageCounter};
+use crate::metering::{self, UsageCounter, UsageShown};
 use crate::metrics::Metrics;
 use crate::providers::chat::ChatRequest;
 use crate::providers::{ClientFormat, Dialect, Operation, Provider, ProviderKind};
@@ -29,7 +29,8 @@ use serde_json::json;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tollgate_plugins::Settlement;
+use tollgate_plugins::ledger::Ledger;
+use tollgate_plugins::{Plugin, Settlement};
 use upstream_call::{retry_after, Call, Failure};
 
 /// Chargeback tags longer than this are cut: they land in every ledger row.
@@ -58,6 +59,8 @@ pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
     connector: Connector,
     metrics: Arc<Metrics>,
+    /// Lives as long as the process, across reloads.
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Gateway {
@@ -65,11 +68,13 @@ impl Gateway {
         runtime: Arc<ArcSwap<Runtime>>,
         connector: Connector,
         metrics: Arc<Metrics>,
+        ledger: Option<Arc<Ledger>>,
     ) -> Self {
         Gateway {
             runtime,
             connector,
             metrics,
+            ledger,
         }
     }
 }
@@ -209,7 +214,6 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        self.metrics.in_flight.dec();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let metered = ctx.usage.as_ref().map(|counter| {
             let tokenizer = ctx.facts.map_or(Tokenizer::Cl100k, |f| f.tokenizer);
@@ -241,6 +245,9 @@ impl ProxyHttp for Gateway {
             for plugin in &runtime.plugins {
                 plugin.settle(&settlement);
             }
+            if let Some(ledger) = &self.ledger {
+                ledger.settle(&settlement);
+            }
         }
         let model = ctx.model.as_deref().unwrap_or("");
         let provider = ctx.provider.as_deref().unwrap_or("");
@@ -262,6 +269,8 @@ impl ProxyHttp for Gateway {
             .request_duration
             .with_label_values(&[model, provider])
             .observe(ctx.started.elapsed().as_secs_f64());
+        // Last: a graceful shutdown closes the ledger once nothing is in flight.
+        self.metrics.in_flight.dec();
     }
 }
 
@@ -419,17 +428,7 @@ impl Gateway {
         } = *request;
         let client = ClientFormat::for_op(op);
         let kind = target.provider.kind;
-        // Ask OpenAI-style streams for their usage, so that every stream is metered from the
-        // provider's own count; the client that did not ask never sees it.
-        let usage_reports = (head.stream
-            && !head.include_usage
-            && kind.speaks_openai()
-            && matches!(op, Operation::ChatCompletions | Operation::Completions))
-        .then_some(if kind == ProviderKind::Vllm {
-            UsageReports::Continuous
-        } else {
-            UsageReports::Final
-        });
+        let (usage_reports, usage_shown) = usage_reports(head, kind, op);
         let (upstream_body, translation) = if client.native_to(kind) {
             (
                 head.body_for(body, &target.model, usage_reports),
@@ -527,7 +526,7 @@ impl Gateway {
                                         first_chunk,
                                         translation,
                                         kind,
-                                        strip_usage_chunk: usage_reports.is_some(),
+                                        usage_shown,
                                     },
                                 )
                                 .await,
@@ -581,6 +580,32 @@ impl Gateway {
                 .inc();
         }
     }
+}
+
+/// The usage reports to ask an OpenAI-style stream for, so that every stream is metered from
+/// the provider's own count (vLLM's running count even covers streams cut short), and which
+/// of them the client asked to see.
+fn usage_reports(
+    head: &RequestHead,
+    kind: ProviderKind,
+    op: Operation,
+) -> (Option<UsageReports>, Option<UsageShown>) {
+    let streams_openai = head.stream
+        && kind.speaks_openai()
+        && matches!(op, Operation::ChatCompletions | Operation::Completions);
+    let wanted = match kind {
+        ProviderKind::Vllm if !head.continuous_usage => UsageReports::Continuous,
+        _ if !head.include_usage => UsageReports::Final,
+        _ => return (None, None),
+    };
+    if !streams_openai {
+        return (None, None);
+    }
+    let shown = UsageShown {
+        final_chunk: head.include_usage,
+        running: head.continuous_usage,
+    };
+    (Some(wanted), Some(shown))
 }
 
 fn all_failed(failures: &[(String, Failure)]) -> GatewayError {

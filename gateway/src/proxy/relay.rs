@@ -5,7 +5,7 @@
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
-use crate::metering::{body_usage, StreamMeter, UsageCounter, MAX_METERED_BODY};
+use crate::metering::{body_usage, StreamMeter, UsageCounter, UsageShown, MAX_METERED_BODY};
 use crate::providers::anthropic_format;
 use crate::providers::chat::{ChatRequest, StreamEvent};
 use crate::providers::openai_format::{self, StreamRenderer};
@@ -120,8 +120,8 @@ pub struct Plan<'a> {
     pub translation: Translation<'a>,
     /// Who answers: how to read its usage.
     pub kind: ProviderKind,
-    /// The gateway asked for usage the client did not: leave the usage-only chunk out.
-    pub strip_usage_chunk: bool,
+    /// The gateway asked for usage reports: which of them the client wants to see.
+    pub usage_shown: Option<UsageShown>,
 }
 
 /// What happens to the body on its way to the client, and what it tells the meter.
@@ -211,7 +211,7 @@ pub async fn relay(
                 ProviderKind::Anthropic => UpstreamStream::Anthropic(Default::default()),
                 _ => UpstreamStream::OpenAi(Default::default()),
             };
-            BodyFilter::Stream(StreamMeter::new(parser, plan.strip_usage_chunk))
+            BodyFilter::Stream(StreamMeter::new(parser, plan.usage_shown))
         }
         Translation::None => BodyFilter::Whole {
             kind: plan.kind,

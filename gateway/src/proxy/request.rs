@@ -17,6 +17,9 @@ pub struct RequestHead {
     pub stream: bool,
     /// The client asked for the final usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// The client asked for the running usage on every chunk (vLLM's
+    /// `stream_options.continuous_usage_stats`).
+    pub continuous_usage: bool,
     /// Byte range of the `stream_options` value, when there is one.
     stream_options_span: Option<Range<usize>>,
 }
@@ -43,6 +46,7 @@ struct Fields<'a> {
 #[derive(Deserialize)]
 struct StreamOptions {
     include_usage: Option<bool>,
+    continuous_usage_stats: Option<bool>,
 }
 
 /// Where `raw` (borrowed from `body`) sits in `body`.
@@ -70,26 +74,28 @@ impl RequestHead {
         if model.is_empty() {
             return Err(bad("`model` must not be empty.".into(), Some("model")));
         }
-        let include_usage = match fields.stream_options {
-            Some(raw) if raw.get() != "null" => {
-                serde_json::from_str::<StreamOptions>(raw.get())
-                    .map_err(|_| {
-                        bad(
-                            "`stream_options` must be an object.".into(),
-                            Some("stream_options"),
-                        )
-                    })?
-                    .include_usage
-                    == Some(true)
-            }
-            _ => false,
+        let options = match fields.stream_options {
+            Some(raw) if raw.get() != "null" => Some(
+                serde_json::from_str::<StreamOptions>(raw.get()).map_err(|_| {
+                    bad(
+                        "`stream_options` must be an object.".into(),
+                        Some("stream_options"),
+                    )
+                })?,
+            ),
+            _ => None,
         };
+        let include_usage = options
+            .as_ref()
+            .is_some_and(|o| o.include_usage == Some(true));
         // RawValue borrows from `body`, so its address gives the value's exact position.
         Ok(RequestHead {
             model,
             model_span: span_in(body, raw),
             stream: fields.stream.unwrap_or(false),
             include_usage,
+            continuous_usage: include_usage
+                && options.is_some_and(|o| o.continuous_usage_stats == Some(true)),
             stream_options_span: fields.stream_options.map(|raw| span_in(body, raw)),
         })
     }
