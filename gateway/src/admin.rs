@@ -15,19 +15,27 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_plugins::ledger::Ledger;
+use tollgate_plugins::limits::Limiter;
 
 pub struct Admin {
     control: Arc<Control>,
     metrics: Arc<Metrics>,
     ledger: Option<Arc<Ledger>>,
+    limiter: Arc<Limiter>,
 }
 
 impl Admin {
-    pub fn new(control: Arc<Control>, metrics: Arc<Metrics>, ledger: Option<Arc<Ledger>>) -> Admin {
+    pub fn new(
+        control: Arc<Control>,
+        metrics: Arc<Metrics>,
+        ledger: Option<Arc<Ledger>>,
+        limiter: Arc<Limiter>,
+    ) -> Admin {
         Admin {
             control,
             metrics,
             ledger,
+            limiter,
         }
     }
 }
@@ -95,6 +103,7 @@ impl ServeHttp for Admin {
                 if let Some(ledger) = &self.ledger {
                     self.metrics.refresh_ledger(ledger);
                 }
+                self.metrics.refresh_limiter(&self.limiter);
                 reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -103,6 +112,7 @@ impl ServeHttp for Admin {
             }
             ("GET", "/admin/providers") => json_reply(200, providers_json(&self.control.runtime())),
             ("GET", "/admin/config") => json_reply(200, self.control.runtime().redacted_json()),
+            ("GET", "/admin/stats") => json_reply(200, self.metrics.latency.to_json()),
             ("GET", "/admin/usage") => {
                 let query = session.req_header().uri.query().map(str::to_string);
                 let (status, body) = usage::report(self.ledger.as_ref(), query.as_deref()).await;
@@ -115,7 +125,7 @@ impl ServeHttp for Admin {
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/admin/config" | "/admin/reload"
-                | "/admin/providers" | "/admin/usage",
+                | "/admin/providers" | "/admin/usage" | "/admin/stats",
             ) => gateway_error(GatewayError::MethodNotAllowed { method, path }),
             _ => gateway_error(GatewayError::UnknownPath(path)),
         }

@@ -91,6 +91,7 @@ impl Control {
                     ),
                     ("server.threads", new.server.threads != old.server.threads),
                     ("plugins.ledger", new.ledger != old.ledger),
+                    ("plugins.shared_state", new.shared_state != old.shared_state),
                 ] {
                     if changed {
                         log::warn!("config reload: {what} changed; it takes effect on restart");

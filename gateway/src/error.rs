@@ -3,8 +3,9 @@
 use bytes::Bytes;
 use serde_json::json;
 use std::fmt;
+use tollgate_plugins::limits::{Dimension, Refusal};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum GatewayError {
     /// 400: the request itself is wrong.
     BadRequest {
@@ -41,6 +42,8 @@ pub enum GatewayError {
     ClientGone,
     /// Something failed inside the serving machinery itself, with the status it maps to.
     Internal { status: u16 },
+    /// 429: a rate limit or budget (503 when the shared limits store is unavailable).
+    Refused(Refusal),
 }
 
 impl GatewayError {
@@ -58,7 +61,31 @@ impl GatewayError {
             // nginx's convention; logged, never sent.
             GatewayError::ClientGone => 499,
             GatewayError::Internal { status } => *status,
+            GatewayError::Refused(Refusal::Unavailable) => 503,
+            GatewayError::Refused(_) => 429,
         }
+    }
+
+    /// Headers that go with the error: `retry-after` (whole seconds, rounded up) and the
+    /// refusing limit's `x-ratelimit-*`.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let GatewayError::Refused(refusal) = self else {
+            return Vec::new();
+        };
+        let (retry_after, mut pairs) = match refusal {
+            Refusal::Rate {
+                retry_after,
+                headers,
+                ..
+            } => (Some(*retry_after), headers.to_pairs()),
+            Refusal::Budget { retry_after, .. } => (Some(*retry_after), Vec::new()),
+            Refusal::TooLarge { .. } | Refusal::Unavailable => (None, Vec::new()),
+        };
+        if let Some(wait) = retry_after {
+            let secs = wait.as_nanos().div_ceil(1_000_000_000).max(1);
+            pairs.push(("retry-after", secs.to_string()));
+        }
+        pairs
     }
 
     fn kind(&self) -> &'static str {
@@ -69,6 +96,10 @@ impl GatewayError {
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::NoEligibleTarget { .. } => "upstream_error",
             GatewayError::Internal { status } if *status >= 500 => "server_error",
+            GatewayError::Refused(Refusal::Rate { dimension, .. })
+            | GatewayError::Refused(Refusal::TooLarge { dimension, .. }) => dimension.as_str(),
+            GatewayError::Refused(Refusal::Budget { .. }) => "insufficient_quota",
+            GatewayError::Refused(Refusal::Unavailable) => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -89,6 +120,9 @@ impl GatewayError {
             GatewayError::ContextLengthExceeded { .. } => "context_length_exceeded",
             GatewayError::ClientGone => "client_closed_request",
             GatewayError::Internal { .. } => "internal_error",
+            GatewayError::Refused(Refusal::Budget { .. }) => "budget_exceeded",
+            GatewayError::Refused(Refusal::Unavailable) => "limits_unavailable",
+            GatewayError::Refused(_) => "rate_limit_exceeded",
         })
     }
 
@@ -199,7 +233,74 @@ impl fmt::Display for GatewayError {
             GatewayError::Internal { .. } => {
                 f.write_str("The gateway failed to process the request.")
             }
+            GatewayError::Refused(refusal) => refusal_message(f, refusal),
         }
+    }
+}
+
+fn per_minute(dimension: Dimension) -> &'static str {
+    match dimension {
+        Dimension::Requests => "requests per min (RPM)",
+        Dimension::Tokens => "tokens per min (TPM)",
+    }
+}
+
+fn refusal_message(f: &mut fmt::Formatter, refusal: &Refusal) -> fmt::Result {
+    match refusal {
+        Refusal::Rate {
+            scope,
+            id,
+            dimension,
+            retry_after,
+            headers,
+        } => {
+            let window = match dimension {
+                Dimension::Requests => headers.requests,
+                Dimension::Tokens => headers.tokens,
+            };
+            write!(
+                f,
+                "Rate limit reached for {} `{id}` on {}",
+                scope.as_str(),
+                per_minute(*dimension)
+            )?;
+            if let Some(w) = window {
+                write!(f, ": Limit {}", w.limit)?;
+            }
+            write!(
+                f,
+                ". Please try again in {}.",
+                tollgate_plugins::limits::openai_duration(*retry_after)
+            )
+        }
+        Refusal::TooLarge {
+            scope,
+            id,
+            dimension,
+            limit,
+            requested,
+        } => write!(
+            f,
+            "Request too large for {} `{id}` on {}: Limit {limit}, Requested {requested}. Ask for fewer tokens (max_tokens) or send a shorter prompt.",
+            scope.as_str(),
+            per_minute(*dimension)
+        ),
+        Refusal::Budget {
+            scope,
+            id,
+            period,
+            limit_usd,
+            spent_usd,
+            ..
+        } => write!(
+            f,
+            "Budget exceeded for {} `{id}`: ${spent_usd:.4} spent of ${limit_usd:.4} this {} (UTC).",
+            scope.as_str(),
+            period.as_str()
+        ),
+        Refusal::Unavailable => f.write_str(
+            "Rate limits cannot be checked right now (the shared limits store is unavailable).",
+        ),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod providers;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod stats;
 pub mod tokens;
 pub mod upstream;
 pub mod usage;

@@ -1,16 +1,20 @@
 //! Prometheus metrics (names and labels per the contract), in the gateway's own registry.
 
 use crate::config::Runtime;
+use crate::stats::LatencyStats;
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Instant;
 use tollgate_plugins::ledger::Ledger;
+use tollgate_plugins::limits::Limiter;
 use tollgate_plugins::Metered;
 
 pub struct Metrics {
     registry: Registry,
+    /// Percentiles for `/admin/stats`, beside the Prometheus histograms.
+    pub latency: LatencyStats,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
@@ -22,6 +26,9 @@ pub struct Metrics {
     cost: CounterVec,
     pub time_to_first_token: HistogramVec,
     pub ratelimited: IntCounterVec,
+    pub budget_exceeded: IntCounterVec,
+    shared_state_up: IntGauge,
+    shared_state_errors: IntCounter,
     ledger_rows: IntCounterVec,
     ledger_pending: IntGauge,
     endpoint_healthy: IntGaugeVec,
@@ -129,6 +136,24 @@ impl Metrics {
             &["scope"],
         )
         .expect("valid metric");
+        let budget_exceeded = IntCounterVec::new(
+            Opts::new(
+                "tollgate_budget_exceeded_total",
+                "Requests refused because a budget is spent, by scope and period.",
+            ),
+            &["scope", "period"],
+        )
+        .expect("valid metric");
+        let shared_state_up = IntGauge::new(
+            "tollgate_shared_state_up",
+            "1 when the last call to the shared limits store (Redis) succeeded; absent without one.",
+        )
+        .expect("valid metric");
+        let shared_state_errors = IntCounter::new(
+            "tollgate_shared_state_errors_total",
+            "Calls to the shared limits store (Redis) that failed or timed out.",
+        )
+        .expect("valid metric");
         let ledger_rows = IntCounterVec::new(
             Opts::new(
                 "tollgate_ledger_rows_total",
@@ -178,6 +203,7 @@ impl Metrics {
             Box::new(cost.clone()),
             Box::new(time_to_first_token.clone()),
             Box::new(ratelimited.clone()),
+            Box::new(budget_exceeded.clone()),
             Box::new(ledger_rows.clone()),
             Box::new(ledger_pending.clone()),
             Box::new(endpoint_healthy.clone()),
@@ -192,6 +218,7 @@ impl Metrics {
         }
         Metrics {
             registry,
+            latency: LatencyStats::default(),
             requests,
             request_duration,
             upstream_errors,
@@ -203,6 +230,9 @@ impl Metrics {
             cost,
             time_to_first_token,
             ratelimited,
+            budget_exceeded,
+            shared_state_up,
+            shared_state_errors,
             ledger_rows,
             ledger_pending,
             endpoint_healthy,
@@ -222,6 +252,25 @@ impl Metrics {
         self.cost
             .with_label_values(&[model, provider, team])
             .inc_by(metered.cost_usd);
+    }
+
+    /// Registers the shared-state metrics: only gateways with a shared store show them.
+    pub fn register_shared_state(&self) {
+        for c in [
+            Box::new(self.shared_state_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.shared_state_errors.clone()),
+        ] {
+            self.registry.register(c).expect("unique metric");
+        }
+    }
+
+    /// Brings the shared store's health up to date.
+    pub fn refresh_limiter(&self, limiter: &Limiter) {
+        if let Some(health) = limiter.shared_state() {
+            self.shared_state_up.set(i64::from(health.up));
+            let errors = &self.shared_state_errors;
+            errors.inc_by(health.errors.saturating_sub(errors.get()));
+        }
     }
 
     /// Brings the ledger's counters up to date: the ledger counts, the metrics follow.

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpSocket;
 use tollgate_plugins::ledger::Ledger;
+use tollgate_plugins::limits::Limiter;
 
 /// Fails fast when a listen address is taken: Pingora itself would retry binding forever.
 fn check_bindable(addrs: &[SocketAddr]) -> Result<(), String> {
@@ -99,7 +100,21 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         &server.configuration,
     )));
 
-    let gateway = Gateway::new(runtime.clone(), connector, metrics.clone(), ledger.clone());
+    let limiter = Arc::new(match &runtime.load().shared_state {
+        Some(shared) => {
+            metrics.register_shared_state();
+            Limiter::redis(shared.redis.expose(), shared.on_error, shared.timeout)
+                .map_err(|e| format!("cannot start: {e}"))?
+        }
+        None => Limiter::in_process(),
+    });
+    let gateway = Gateway::new(
+        runtime.clone(),
+        connector,
+        metrics.clone(),
+        ledger.clone(),
+        limiter.clone(),
+    );
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "tollgate");
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
@@ -112,7 +127,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
     let control = Arc::new(Control::new(config_path, runtime, metrics.clone()));
     let mut admin = Service::new(
         "tollgate admin".to_string(),
-        Admin::new(control.clone(), metrics.clone(), ledger.clone()),
+        Admin::new(control.clone(), metrics.clone(), ledger.clone(), limiter),
     );
     admin.add_tcp(&admin_listen.to_string());
     admin.threads = Some(1);

@@ -240,6 +240,26 @@ async fn two_hundred_mixed_requests_meter_exactly_what_the_providers_reported() 
         0.0
     );
 
+    // Percentiles per model and provider, one sample per request.
+    let stats: Value = reqwest::get(gw.admin_url("/admin/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let routes = stats["routes"].as_array().unwrap();
+    let sampled: u64 = routes.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+    assert_eq!(sampled, 200, "{stats}");
+    let slow = routes
+        .iter()
+        .find(|r| r["model"] == "slow" && r["provider"] == "slow")
+        .unwrap();
+    // Twenty tokens a second: the first chunk after the opening one takes ~50 ms.
+    assert!(
+        slow["latency_ms"]["p50"].as_f64().unwrap() >= 50.0,
+        "{slow}"
+    );
+
     // A time window that ends before the requests holds none of them.
     let before = usage(&gw, "group_by=team&until=2020-01-01T00:00:00Z").await;
     assert_eq!(before["totals"]["requests"], 0, "{before}");

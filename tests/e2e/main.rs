@@ -9,6 +9,7 @@ mod errors;
 mod failover;
 mod geo;
 mod ledger;
+mod limits;
 mod metering;
 mod relay;
 mod reload;

@@ -16,6 +16,9 @@ pub struct FileConfig {
     pub models: Vec<ModelSection>,
     #[serde(default)]
     pub keys: Vec<KeySection>,
+    /// Limits and budgets shared by every key of a team.
+    #[serde(default)]
+    pub teams: std::collections::BTreeMap<String, TeamSection>,
     #[serde(default)]
     pub plugins: PluginsSection,
     #[serde(default)]
@@ -62,6 +65,43 @@ pub struct PluginsSection {
     pub access_log: Option<bool>,
     /// The usage ledger: one SQLite row per request.
     pub ledger: Option<LedgerSection>,
+    /// Where limits and budgets live when several replicas share them.
+    pub shared_state: Option<SharedStateSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedStateSection {
+    /// `redis://[user][:password@]host[:port][/db]`
+    pub redis: String,
+    /// What admission does when Redis does not answer: fail_open | fail_closed.
+    pub on_error: Option<String>,
+    /// How long one Redis call may take.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// Requests and tokens per minute.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
+/// USD per UTC calendar day and month.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    pub usd_per_day: Option<f64>,
+    pub usd_per_month: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSection {
+    pub limits: Option<LimitsSection>,
+    pub budget: Option<BudgetSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +168,8 @@ pub struct ProviderSection {
     pub ewma_decay: Option<Duration>,
     pub outlier: Option<OutlierSection>,
     pub health_check: Option<HealthCheckSection>,
+    /// The provider's own quota: the gateway routes elsewhere rather than exceed it.
+    pub limits: Option<LimitsSection>,
 }
 
 /// A pool that follows a DNS name (a Kubernetes headless service has one address per pod).
@@ -254,4 +296,6 @@ pub struct KeySection {
     pub models: Option<Vec<String>>,
     /// Regions this key's traffic may never leave.
     pub residency: Option<Vec<String>>,
+    pub limits: Option<LimitsSection>,
+    pub budget: Option<BudgetSection>,
 }

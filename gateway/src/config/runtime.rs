@@ -2,7 +2,8 @@
 //! (re)load, so the hot path never parses or validates config.
 
 use super::file::{
-    FileConfig, KeySection, LedgerSection, ModelSection, ProviderSection, ServerSection,
+    BudgetSection, FileConfig, KeySection, LedgerSection, LimitsSection, ModelSection,
+    ProviderSection, ServerSection, SharedStateSection,
 };
 use super::secret::Secret;
 use super::units::format_duration;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tollgate_plugins::access_log::AccessLog;
 use tollgate_plugins::ledger::LedgerConfig;
+use tollgate_plugins::limits::{FailurePolicy, Quota};
 use tollgate_plugins::Plugin;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -51,9 +53,22 @@ pub struct Runtime {
     pub plugins: Vec<Arc<dyn Plugin>>,
     /// Opened once at startup: a change takes effect on restart.
     pub ledger: Option<LedgerConfig>,
+    /// Limits and budgets of each team that has any.
+    pub teams: HashMap<String, Quota>,
+    /// Connected once at startup: a change takes effect on restart.
+    pub shared_state: Option<SharedState>,
     pub geo: Geo,
     /// Things that load but look wrong (a target outside its model's residency, say).
     pub warnings: Vec<String>,
+}
+
+/// Limits and budgets kept in Redis, shared by every replica.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedState {
+    /// May hold a password.
+    pub redis: Secret,
+    pub on_error: FailurePolicy,
+    pub timeout: Duration,
 }
 
 pub struct ServerSettings {
@@ -157,6 +172,8 @@ pub struct Key {
     pub models: Option<HashSet<String>>,
     /// Regions this key's traffic may never leave.
     pub residency: Option<Vec<String>>,
+    /// Its own limits and budgets.
+    pub quota: Option<Quota>,
 }
 
 impl Key {
@@ -361,8 +378,15 @@ impl Runtime {
                         m.sort();
                         m
                     }),
+                    "quota": key.quota.as_ref().map(quota_json),
                 })).collect::<Vec<_>>()
             }),
+            "teams": self.teams.iter().map(|(name, q)| (name.clone(), quota_json(q))).collect::<serde_json::Map<_, _>>(),
+            "shared_state": self.shared_state.as_ref().map(|s| json!({
+                "redis": "***",
+                "on_error": match s.on_error { FailurePolicy::Open => "fail_open", FailurePolicy::Closed => "fail_closed" },
+                "timeout": format_duration(s.timeout),
+            })),
             "plugins": self.plugins.iter().map(|p| p.name()).collect::<Vec<_>>(),
         })
     }
@@ -525,6 +549,18 @@ pub fn build(
         .ledger
         .map(|l| build_ledger(&cx, l))
         .transpose()?;
+    let shared_state = file
+        .plugins
+        .shared_state
+        .map(|s| build_shared_state(&cx, s))
+        .transpose()?;
+    let mut teams = HashMap::new();
+    for (name, team) in file.teams {
+        let path = format!("teams.{name}");
+        if let Some(quota) = build_quota(&cx, &path, team.limits, team.budget)? {
+            teams.insert(name, quota);
+        }
+    }
 
     Ok(Runtime {
         source: source.to_path_buf(),
@@ -536,9 +572,86 @@ pub fn build(
         keys,
         plugins,
         ledger,
+        teams,
+        shared_state,
         geo,
         warnings,
     })
+}
+
+fn quota_json(q: &Quota) -> serde_json::Value {
+    json!({"rpm": q.rpm, "tpm": q.tpm, "usd_per_day": q.usd_per_day, "usd_per_month": q.usd_per_month})
+}
+
+/// How long one Redis call may take unless the config says.
+const DEFAULT_SHARED_STATE_TIMEOUT: Duration = Duration::from_millis(250);
+
+fn build_shared_state(cx: &Ctx, s: SharedStateSection) -> Result<SharedState, ConfigError> {
+    if !(s.redis.starts_with("redis://") || s.redis.starts_with("rediss://")) {
+        return Err(cx.err(
+            "plugins.shared_state.redis",
+            "expected a URL such as redis://127.0.0.1:6379",
+        ));
+    }
+    let on_error = match s.on_error.as_deref() {
+        None | Some("fail_open") => FailurePolicy::Open,
+        Some("fail_closed") => FailurePolicy::Closed,
+        Some(other) => {
+            return Err(cx.err(
+                "plugins.shared_state.on_error",
+                format!("expected fail_open or fail_closed, got {other:?}"),
+            ))
+        }
+    };
+    let timeout = s.timeout.unwrap_or(DEFAULT_SHARED_STATE_TIMEOUT);
+    if timeout.is_zero() {
+        return Err(cx.err("plugins.shared_state.timeout", "must be above zero"));
+    }
+    Ok(SharedState {
+        redis: Secret::new(s.redis),
+        on_error,
+        timeout,
+    })
+}
+
+/// A subject's limits and budgets; `None` when it has none.
+fn build_quota(
+    cx: &Ctx,
+    path: &str,
+    limits: Option<LimitsSection>,
+    budget: Option<BudgetSection>,
+) -> Result<Option<Quota>, ConfigError> {
+    let limits = limits.unwrap_or(LimitsSection {
+        rpm: None,
+        tpm: None,
+    });
+    for (name, value) in [("rpm", limits.rpm), ("tpm", limits.tpm)] {
+        if value == Some(0) {
+            return Err(cx.err(format!("{path}.limits.{name}"), "must be at least 1"));
+        }
+    }
+    let budget = budget.unwrap_or(BudgetSection {
+        usd_per_day: None,
+        usd_per_month: None,
+    });
+    for (name, value) in [
+        ("usd_per_day", budget.usd_per_day),
+        ("usd_per_month", budget.usd_per_month),
+    ] {
+        if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            return Err(cx.err(
+                format!("{path}.budget.{name}"),
+                "expected a number of dollars, zero or more",
+            ));
+        }
+    }
+    let quota = Quota {
+        rpm: limits.rpm,
+        tpm: limits.tpm,
+        usd_per_day: budget.usd_per_day,
+        usd_per_month: budget.usd_per_month,
+    };
+    Ok((quota != Quota::default()).then_some(quota))
 }
 
 /// The most rows the ledger's queue may hold: each slot is reserved up front.
@@ -783,9 +896,11 @@ fn build_provider(
             "only azure-openai providers take an api_version",
         ));
     }
+    let quota = build_quota(cx, path, s.limits, None)?;
     Ok(Provider {
         name: s.name,
         kind,
+        quota,
         pool,
         api_key: s.api_key.filter(|k| !k.is_empty()).map(Secret::new),
         api_version: s.api_version,
@@ -1114,6 +1229,7 @@ fn build_key(
             Some(list.into_iter().collect())
         }
     };
+    let quota = build_quota(cx, path, s.limits, s.budget)?;
     Ok((
         hash,
         Key {
@@ -1122,6 +1238,7 @@ fn build_key(
             project: s.project,
             models: allowed,
             residency: s.residency,
+            quota,
         },
     ))
 }
@@ -1141,6 +1258,65 @@ mod tests {
         match build_text(text) {
             Ok(_) => panic!("expected an error for:\n{text}"),
             Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn limits_budgets_teams_and_shared_state() {
+        let rt = build_text(&format!(
+            "{BASE}keys:\n  - {{ id: k, key: sk-1, team: red, limits: {{ rpm: 5, tpm: 900 }}, budget: {{ usd_per_day: 0.5 }} }}\n  - {{ id: free, key: sk-2 }}\nteams:\n  red: {{ budget: {{ usd_per_month: 20 }} }}\n  blue: {{}}\nplugins:\n  shared_state: {{ redis: \"redis://:hunter2@10.0.0.9:6379/2\", on_error: fail_closed }}\n  ledger: {{ path: /tmp/u.db, queue: 10 }}\n"
+        ))
+        .unwrap();
+        let keys = rt.keys.as_ref().unwrap();
+        let quota = keys.find("sk-1").unwrap().quota.clone().unwrap();
+        assert_eq!(
+            (quota.rpm, quota.tpm, quota.usd_per_day),
+            (Some(5), Some(900), Some(0.5))
+        );
+        assert!(keys.find("sk-2").unwrap().quota.is_none());
+        assert_eq!(rt.teams["red"].usd_per_month, Some(20.0));
+        assert!(
+            !rt.teams.contains_key("blue"),
+            "a team without limits needs no state"
+        );
+        let shared = rt.shared_state.as_ref().unwrap();
+        assert_eq!(shared.on_error, FailurePolicy::Closed);
+        assert_eq!(shared.timeout, DEFAULT_SHARED_STATE_TIMEOUT);
+        assert_eq!(rt.ledger.as_ref().unwrap().queue, 10);
+        // The Redis URL may hold a password: the admin view never shows it.
+        let shown = rt.redacted_json().to_string();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("fail_closed"),
+            "{shown}"
+        );
+
+        for (extra, path) in [
+            (
+                "keys:\n  - { id: k, key: x, limits: { rpm: 0 } }\n",
+                "keys[0].limits.rpm",
+            ),
+            (
+                "keys:\n  - { id: k, key: x, budget: { usd_per_day: -1 } }\n",
+                "keys[0].budget.usd_per_day",
+            ),
+            (
+                "teams:\n  red: { limits: { tpm: 0 } }\n",
+                "teams.red.limits.tpm",
+            ),
+            (
+                "plugins:\n  shared_state: { redis: \"127.0.0.1:6379\" }\n",
+                "plugins.shared_state.redis",
+            ),
+            (
+                "plugins:\n  shared_state: { redis: \"redis://h\", on_error: maybe }\n",
+                "plugins.shared_state.on_error",
+            ),
+            (
+                "plugins:\n  ledger: { path: u.db, queue: 0 }\n",
+                "plugins.ledger.queue",
+            ),
+        ] {
+            assert_eq!(build_err(&format!("{BASE}{extra}")).path, path, "{extra}");
         }
     }
 

@@ -21,6 +21,7 @@ use pingora::http::RequestHeader;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate_plugins::limits::Quota;
 use transcode::UpstreamStream;
 use triton::PromptTemplate;
 
@@ -108,6 +109,8 @@ impl Default for Timeouts {
 pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
+    /// The provider's own rate limits, which the gateway keeps under by routing elsewhere.
+    pub quota: Option<Quota>,
     pub pool: Arc<Pool>,
     pub api_key: Option<Secret>,
     pub api_version: Option<String>,

@@ -390,6 +390,7 @@ mod tests {
             .unwrap(),
         );
         let provider = Provider {
+            quota: None,
             name: "t".into(),
             kind: ProviderKind::Vllm,
             pool: Arc::new(Pool::fixed(vec![endpoint.clone()])),

@@ -2,6 +2,7 @@
 //! `request_filter` (admit → plan → attempt → relay), and metrics settled in `logging`.
 
 mod admission;
+mod quota;
 mod relay;
 pub mod request;
 mod respond;
@@ -30,6 +31,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_plugins::ledger::Ledger;
+use tollgate_plugins::limits::{Grant, Limiter, Quota, Refusal};
 use tollgate_plugins::{Plugin, Settlement};
 use upstream_call::{retry_after, Call, Failure};
 
@@ -61,6 +63,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Lives as long as the process, across reloads.
     ledger: Option<Arc<Ledger>>,
+    /// Limits and budgets; its state lives as long as the process.
+    limiter: Arc<Limiter>,
 }
 
 impl Gateway {
@@ -69,12 +73,14 @@ impl Gateway {
         connector: Connector,
         metrics: Arc<Metrics>,
         ledger: Option<Arc<Ledger>>,
+        limiter: Arc<Limiter>,
     ) -> Self {
         Gateway {
             runtime,
             connector,
             metrics,
             ledger,
+            limiter,
         }
     }
 }
@@ -110,6 +116,10 @@ pub struct RequestCtx {
     time_to_first_token: Option<Duration>,
     /// What the answer said about its usage; `None` when no upstream answered.
     usage: Option<UsageCounter>,
+    /// Limit and budget reservations to reconcile once the request ends.
+    grants: Vec<Grant>,
+    /// `x-ratelimit-*` for the response.
+    rate_headers: Vec<(&'static str, String)>,
 }
 
 impl RequestCtx {
@@ -145,6 +155,8 @@ impl ProxyHttp for Gateway {
             facts: None,
             time_to_first_token: None,
             usage: None,
+            grants: Vec::new(),
+            rate_headers: Vec::new(),
         }
     }
 
@@ -255,6 +267,11 @@ impl ProxyHttp for Gateway {
             let team = ctx.team.as_deref().unwrap_or("");
             self.metrics.record_usage(model, provider, team, &m);
         }
+        for grant in ctx.grants.drain(..) {
+            self.limiter
+                .settle(grant, quota::actual(metered), SystemTime::now())
+                .await;
+        }
         if let Some(ttft) = ctx.time_to_first_token {
             self.metrics
                 .time_to_first_token
@@ -265,10 +282,16 @@ impl ProxyHttp for Gateway {
             .requests
             .with_label_values(&[model, provider, status_label(status), "off"])
             .inc();
+        let duration = ctx.started.elapsed();
         self.metrics
             .request_duration
             .with_label_values(&[model, provider])
-            .observe(ctx.started.elapsed().as_secs_f64());
+            .observe(duration.as_secs_f64());
+        if !provider.is_empty() {
+            self.metrics
+                .latency
+                .record(model, provider, duration, ctx.time_to_first_token);
+        }
         // Last: a graceful shutdown closes the ledger once nothing is in flight.
         self.metrics.in_flight.dec();
     }
@@ -337,6 +360,22 @@ impl Gateway {
             }
         }
 
+        let subjects = quota::subjects(rt, key.as_deref());
+        if !subjects.is_empty() {
+            let quotas: Vec<&Quota> = subjects.iter().map(|s| s.quota).collect();
+            let demand = quota::demand(&quotas, model, op, &body);
+            let grant = self
+                .limiter
+                .admit(&subjects, demand, SystemTime::now())
+                .await
+                .map_err(|refusal| {
+                    self.count_refusal(&refusal);
+                    GatewayError::Refused(refusal)
+                })?;
+            ctx.rate_headers = grant.headers.to_pairs();
+            ctx.grants.push(grant);
+        }
+
         let admitted = admission::admit(session, rt, model, key.as_deref(), op, body)?;
         let body = admitted.body;
         ctx.body = body.clone();
@@ -355,9 +394,34 @@ impl Gateway {
             chat: &chat,
         };
         let mut failures: Vec<(String, Failure)> = Vec::new();
+        // Targets passed over because their provider's own quota is spent.
+        let mut over_quota: Vec<Refusal> = Vec::new();
         while ctx.attempts < model.retry.attempts {
             let Some(Pick { target, endpoint }) = planner.next(Instant::now()) else {
                 break;
+            };
+            let provider_grant = match quota::provider_subject(&target.provider) {
+                None => None,
+                Some(subject) => {
+                    let demand = quota::demand(&[subject.quota], model, op, &body);
+                    match self
+                        .limiter
+                        .admit(&[subject], demand, SystemTime::now())
+                        .await
+                    {
+                        Ok(grant) => Some(grant),
+                        Err(refusal) => {
+                            log::info!(
+                                "request {}: {} passed over, its quota is spent",
+                                ctx.request_id,
+                                target.provider.name
+                            );
+                            self.count_refusal(&refusal);
+                            over_quota.push(refusal);
+                            continue;
+                        }
+                    }
+                }
             };
             if ctx.attempts > 0 {
                 let wait = model.retry.backoff_before(ctx.attempts);
@@ -378,9 +442,18 @@ impl Gateway {
                 .attempt(session, ctx, &exchange, target, &endpoint)
                 .await
             {
-                Attempt::Done(result) => return result,
+                Attempt::Done(result) => {
+                    ctx.grants.extend(provider_grant);
+                    return result;
+                }
                 Attempt::Failed(failure) => failure,
             };
+            if let Some(grant) = provider_grant {
+                // Nothing was generated: the tokens go back.
+                self.limiter
+                    .settle(grant, Default::default(), SystemTime::now())
+                    .await;
+            }
             log::warn!(
                 "request {} model {} attempt {}: {} ({}) {}",
                 ctx.request_id,
@@ -401,6 +474,9 @@ impl Gateway {
             }
         }
         if failures.is_empty() {
+            if let Some(refusal) = over_quota.into_iter().min_by_key(retry_wait) {
+                return Err(GatewayError::Refused(refusal));
+            }
             return Err(GatewayError::NoEligibleTarget {
                 model: model.name.clone(),
                 why: planner.unavailable_summary(Instant::now()),
@@ -563,6 +639,22 @@ impl Gateway {
         Attempt::Failed(failure)
     }
 
+    fn count_refusal(&self, refusal: &Refusal) {
+        match refusal {
+            Refusal::Rate { scope, .. } | Refusal::TooLarge { scope, .. } => self
+                .metrics
+                .ratelimited
+                .with_label_values(&[scope.as_str()])
+                .inc(),
+            Refusal::Budget { scope, period, .. } => self
+                .metrics
+                .budget_exceeded
+                .with_label_values(&[scope.as_str(), period.as_str()])
+                .inc(),
+            Refusal::Unavailable => {}
+        }
+    }
+
     /// Counts a failure against the endpoint, ejecting it after too many in a row.
     fn record_failure(&self, provider: &Provider, endpoint: &Endpoint) {
         if let Some(time) = endpoint
@@ -606,6 +698,14 @@ fn usage_reports(
         running: head.continuous_usage,
     };
     (Some(wanted), Some(shown))
+}
+
+/// How long a refused request should wait before it tries again.
+fn retry_wait(refusal: &Refusal) -> Duration {
+    match refusal {
+        Refusal::Rate { retry_after, .. } | Refusal::Budget { retry_after, .. } => *retry_after,
+        Refusal::TooLarge { .. } | Refusal::Unavailable => Duration::MAX,
+    }
 }
 
 fn all_failed(failures: &[(String, Failure)]) -> GatewayError {

@@ -107,6 +107,9 @@ fn client_header(
         resp.insert_header("x-tollgate-truncated", format!("{dropped} messages"))
             .map_err(failed)?;
     }
+    for (name, value) in &ctx.rate_headers {
+        resp.insert_header(*name, value).map_err(failed)?;
+    }
     Ok(resp)
 }
 

@@ -9,12 +9,26 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 pub async fn json(session: &mut Session, ctx: &RequestCtx, status: u16, body: Bytes) -> Result<()> {
+    with_headers(session, ctx, status, body, &[]).await
+}
+
+async fn with_headers(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("x-request-id", &ctx.request_id)?;
     if ctx.attempts > 0 {
         resp.insert_header("x-tollgate-attempts", ctx.attempts.to_string())?;
+    }
+    // A refusal's own headers describe the limit that refused; they win over the grant's.
+    for (name, value) in ctx.rate_headers.iter().chain(extra) {
+        resp.insert_header(*name, value)?;
     }
     // An unread request body would corrupt the next request on this connection.
     if !session.as_downstream_mut().is_body_done() {
@@ -30,5 +44,5 @@ pub async fn error(session: &mut Session, ctx: &RequestCtx, e: &GatewayError) ->
         ClientFormat::OpenAi => e.body(),
         ClientFormat::Anthropic => e.anthropic_body(),
     };
-    json(session, ctx, e.status(), body).await
+    with_headers(session, ctx, e.status(), body, &e.headers()).await
 }

@@ -1,0 +1,102 @@
+//! Limits and budgets at admission: what a request may use, reserved before its first
+//! attempt (for its key and team) or before each attempt (for the provider's own quota),
+//! and reconciled with what it really used once it ends.
+
+use crate::catalog::Tokenizer;
+use crate::config::runtime::{Key, Model};
+use crate::config::Runtime;
+use crate::metering;
+use crate::providers::chat::Usage;
+use crate::providers::{Operation, Provider};
+use crate::tokens::PromptSize;
+use tollgate_plugins::limits::{Demand, Quota, Scope, Subject};
+
+/// Output tokens reserved for a request that sets no `max_tokens`; settle gives back what
+/// it did not use.
+pub const DEFAULT_OUTPUT_RESERVATION: u64 = 1024;
+
+/// The key and team a request counts against, with their quotas.
+pub fn subjects<'a>(rt: &'a Runtime, key: Option<&'a Key>) -> Vec<Subject<'a>> {
+    let Some(key) = key else {
+        return Vec::new();
+    };
+    let mut subjects = Vec::with_capacity(2);
+    if let Some(quota) = &key.quota {
+        subjects.push(Subject {
+            scope: Scope::Key,
+            id: &key.id,
+            quota,
+        });
+    }
+    if let Some((team, quota)) = key
+        .team
+        .as_ref()
+        .and_then(|team| Some((team, rt.teams.get(team)?)))
+    {
+        subjects.push(Subject {
+            scope: Scope::Team,
+            id: team,
+            quota,
+        });
+    }
+    subjects
+}
+
+/// The provider's own quota, as a subject.
+pub fn provider_subject(provider: &Provider) -> Option<Subject<'_>> {
+    provider.quota.as_ref().map(|quota| Subject {
+        scope: Scope::Provider,
+        id: &provider.name,
+        quota,
+    })
+}
+
+/// What to reserve for one request: its prompt counted (only when a token limit needs the
+/// count; a byte estimate prices a budget) plus its output cap, priced at the dearest of
+/// the model's targets.
+pub fn demand(quotas: &[&Quota], model: &Model, op: Operation, body: &[u8]) -> Demand {
+    let needs_tokens = quotas.iter().any(|q| q.tpm.is_some());
+    let needs_usd = quotas
+        .iter()
+        .any(|q| q.usd_per_day.is_some() || q.usd_per_month.is_some());
+    if !needs_tokens && !needs_usd {
+        return Demand::default();
+    }
+    let tokenizer = model.targets[0]
+        .facts
+        .map_or(Tokenizer::Cl100k, |f| f.tokenizer);
+    let prompt = PromptSize::from_body(body);
+    let input = match &prompt {
+        Some(p) if needs_tokens => p.exact(tokenizer),
+        Some(p) => p.estimate(),
+        // Embeddings: no messages to count; a BPE token covers at least one byte.
+        None => body.len() as u64,
+    };
+    let output = match (op, &prompt) {
+        (Operation::Embeddings, _) => 0,
+        (_, Some(p)) if p.requested_output > 0 => p.requested_output,
+        _ => DEFAULT_OUTPUT_RESERVATION,
+    };
+    let usage = Usage {
+        input,
+        cached_input: 0,
+        output,
+    };
+    let usd = model
+        .targets
+        .iter()
+        .map(|t| metering::cost(t.facts.and_then(|f| f.prices), usage))
+        .fold(0.0, f64::max);
+    Demand {
+        tokens: input + output,
+        usd,
+    }
+}
+
+/// What a request really used, for settling its reservations.
+pub fn actual(metered: Option<tollgate_plugins::Metered>) -> Demand {
+    metered.map_or(Demand::default(), |m| Demand {
+        tokens: m.usage.input + m.usage.output,
+        usd: m.cost_usd,
+    })
+}
