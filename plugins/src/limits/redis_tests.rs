@@ -108,48 +108,87 @@ fn demand(tokens: u64, usd: f64) -> Demand {
     Demand { tokens, usd }
 }
 
+/// Starts `n` admissions of `demand` at once, alternating between `replicas`, for one
+/// subject with `quota`; the number admitted. Every refusal must be a rate refusal of
+/// `dimension` whose wait is at most `longest_wait`.
+async fn concurrent_admissions(
+    replicas: &[Arc<Limiter>; 2],
+    quota: Quota,
+    demand: Demand,
+    n: usize,
+    dimension: Dimension,
+    longest_wait: Duration,
+) -> usize {
+    let quota = Arc::new(quota);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (limiter, quota) = (replicas[i % 2].clone(), quota.clone());
+            tokio::spawn(async move {
+                let subjects = [subject(Scope::Key, "shared", &quota)];
+                limiter.admit(&subjects, demand, SystemTime::now()).await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(Refusal::Rate {
+                dimension: refused,
+                retry_after,
+                ..
+            }) => {
+                assert_eq!(refused, dimension);
+                assert!(retry_after > Duration::ZERO && retry_after <= longest_wait);
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    admitted
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_replicas_enforce_one_rpm_together() {
+async fn two_replicas_enforce_one_rpm_and_one_tpm_together() {
     let server = RedisServer::start();
     let replicas = [
         Arc::new(limiter(&server, FailurePolicy::Closed)),
         Arc::new(limiter(&server, FailurePolicy::Closed)),
     ];
-    let quota = Arc::new(Quota {
+    let ten_rpm = Quota {
         rpm: Some(10),
         ..Quota::default()
-    });
-    let tasks: Vec<_> = (0..30)
-        .map(|i| {
-            let (limiter, quota) = (replicas[i % 2].clone(), quota.clone());
-            tokio::spawn(async move {
-                let subjects = [subject(Scope::Key, "shared", &quota)];
-                limiter
-                    .admit(&subjects, demand(0, 0.0), SystemTime::now())
-                    .await
-            })
-        })
-        .collect();
-    let (mut admitted, mut refused) = (0, 0);
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(_) => admitted += 1,
-            Err(Refusal::Rate {
-                retry_after,
-                headers,
-                ..
-            }) => {
-                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(6));
-                assert_eq!(
-                    headers.requests.map(|w| (w.limit, w.remaining)),
-                    Some((10, 0))
-                );
-                refused += 1;
-            }
-            Err(other) => panic!("{other:?}"),
-        }
-    }
-    assert_eq!((admitted, refused), (10, 20));
+    };
+    let six_seconds = Duration::from_secs(6);
+    let admitted = concurrent_admissions(
+        &replicas,
+        ten_rpm,
+        demand(0, 0.0),
+        30,
+        Dimension::Requests,
+        six_seconds,
+    )
+    .await;
+    assert_eq!(admitted, 10);
+
+    let server = RedisServer::start();
+    let replicas = [
+        Arc::new(limiter(&server, FailurePolicy::Closed)),
+        Arc::new(limiter(&server, FailurePolicy::Closed)),
+    ];
+    let thousand_tpm = Quota {
+        tpm: Some(1_000),
+        ..Quota::default()
+    };
+    let admitted = concurrent_admissions(
+        &replicas,
+        thousand_tpm,
+        demand(100, 0.0),
+        30,
+        Dimension::Tokens,
+        six_seconds,
+    )
+    .await;
+    assert_eq!(admitted, 10);
     for replica in &replicas {
         assert_eq!(
             replica.shared_state(),
@@ -175,11 +214,10 @@ async fn two_replicas_share_token_reservations() {
     let subjects = [subject(Scope::Provider, "openai", &quota)];
     let now = SystemTime::now();
     let first = a.admit(&subjects, demand(300, 0.0), now).await.unwrap();
-    let remaining = first.headers.tokens.map(|w| w.remaining);
-    // The server's clock moves on between calls: a bucket may have refilled a token or two.
-    assert!(matches!(remaining, Some(700)), "{remaining:?}");
+    assert_eq!(first.headers.tokens.map(|w| w.remaining), Some(700));
     b.admit(&subjects, demand(300, 0.0), now).await.unwrap();
     let third = a.admit(&subjects, demand(300, 0.0), now).await.unwrap();
+    // The server's clock moves on between calls: the bucket may have refilled a token or two.
     let remaining = third.headers.tokens.map(|w| w.remaining).unwrap();
     assert!((100..=102).contains(&remaining), "{remaining}");
     let refused = b.admit(&subjects, demand(300, 0.0), now).await;
@@ -198,6 +236,15 @@ async fn two_replicas_share_token_reservations() {
     let fourth = b.admit(&subjects, demand(300, 0.0), now).await.unwrap();
     let remaining = fourth.headers.tokens.map(|w| w.remaining).unwrap();
     assert!((100..=105).contains(&remaining), "{remaining}");
+    for replica in [&a, &b] {
+        assert_eq!(
+            replica.shared_state(),
+            Some(SharedStateHealth {
+                up: true,
+                errors: 0
+            })
+        );
+    }
 }
 
 #[tokio::test]
@@ -242,6 +289,9 @@ async fn two_replicas_share_a_budget() {
         b.admit(&subjects, demand(0, 0.3), now).await,
         Err(Refusal::Budget { .. })
     ));
+    for replica in [&a, &b] {
+        assert_eq!(replica.shared_state().map(|h| h.errors), Some(0));
+    }
 }
 
 #[tokio::test]
@@ -369,6 +419,13 @@ async fn every_key_expires() {
         .await
         .unwrap();
     assert_eq!(spent, [2_000_000, 2_000_000]);
+    assert_eq!(
+        limiter.shared_state(),
+        Some(SharedStateHealth {
+            up: true,
+            errors: 0
+        })
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 use super::admission::{Check, Evaluation, Hold, Limit, Outcome, Reading, Reservation};
 use super::{Demand, Dimension, LimitsError, Period, Scope, SharedStateHealth};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Script, ScriptInvocation};
+use redis::{Client, FromRedisValue, RedisError, Script, ScriptInvocation};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -109,7 +109,7 @@ impl SharedStore {
                     .arg(amount),
             };
         }
-        let reply = self.call(&invocation).await;
+        let reply = self.call::<Vec<i64>>(&invocation).await;
         let evaluation = reply.and_then(|reply| parse_evaluation(&reply, checks));
         self.health.record(evaluation, &self.target)
     }
@@ -140,7 +140,8 @@ impl SharedStore {
             };
         }
         if pending {
-            let reply = self.call(&invocation).await;
+            // settle.lua answers 1.
+            let reply = self.call::<i64>(&invocation).await;
             self.health.record(reply, &self.target);
         }
     }
@@ -154,7 +155,10 @@ impl SharedStore {
 
     /// One script call (EVALSHA; EVAL's load on NOSCRIPT), connecting if need be, all within
     /// the timeout.
-    async fn call(&self, invocation: &ScriptInvocation<'_>) -> Result<Vec<i64>, Failure> {
+    async fn call<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, Failure> {
         let call = async {
             let mut connection = self.connection().await?;
             invocation.invoke_async(&mut connection).await
