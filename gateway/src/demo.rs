@@ -57,6 +57,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()?;
 
+    let dir = std::env::temp_dir().join(format!("tollgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let yaml = format!(
         r#"# Written by `tollgate demo`: edit it and the gateway reloads within a second.
 server:
@@ -98,6 +100,8 @@ models:
       - {{ provider: anthropic-mock, model: claude-sonnet-4-5 }}
   - name: triton-llama
     targets: [{{ provider: triton-gpu, model: llama-3.1-8b-trtllm, prompt_template: llama3 }}]
+plugins:
+  ledger: {{ path: "{ledger}" }}
 "#,
         listen = args.listen,
         admin = args.admin_listen,
@@ -107,9 +111,8 @@ models:
         gpu1 = gpu[1].addr(),
         claude = claude.addr(),
         triton = triton.addr(),
+        ledger = dir.join("usage.db").display(),
     );
-    let dir = std::env::temp_dir().join(format!("tollgate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join("tollgate.yaml");
     std::fs::write(&path, yaml).map_err(|e| format!("writing {}: {e}", path.display()))?;
     let runtime = config::load(&path, None).map_err(|e| e.to_string())?;
@@ -161,5 +164,9 @@ fn instructions(args: &DemoArgs, config_path: &str) -> String {
         "  # embeddings\n  curl -s {gw}/v1/embeddings -H 'content-type: application/json' -d '{{\"model\":\"text-embedding-3-small\",\"input\":\"hello\"}}'\n"
     );
     let _ = writeln!(out, "  # models, metrics, what the router knows, running config\n  curl -s {gw}/v1/models\n  curl -s {admin}/metrics | grep tollgate_\n  curl -s {admin}/admin/providers\n  curl -s {admin}/admin/config");
+    let _ = writeln!(
+        out,
+        "  # tokens and cost so far, per model (the SQLite ledger); latency percentiles\n  curl -s '{admin}/admin/usage?group_by=model'\n  curl -s {admin}/admin/stats"
+    );
     out
 }

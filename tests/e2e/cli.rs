@@ -143,7 +143,7 @@ async fn demo_answers_its_own_curl_lines() {
         .unwrap();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut printed = String::new();
-    while !printed.contains("/admin/config") {
+    while !printed.contains("/admin/stats") {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap() == 0 {
             break;
@@ -195,6 +195,14 @@ async fn demo_answers_its_own_curl_lines() {
     assert!(
         all.contains("\"model\":\"claude-sonnet-4-5\""),
         "the Anthropic failover answers"
+    );
+    assert!(
+        all.contains("\"group_by\":\"model\"") && all.contains("\"group\":\"gpt-4o-mini\""),
+        "the ledger has the first requests"
+    );
+    assert!(
+        all.contains("\"time_to_first_token_ms\""),
+        "percentiles are printed"
     );
     assert!(
         !all.contains("sk-demo-upstream"),

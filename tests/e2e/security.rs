@@ -98,3 +98,52 @@ async fn admin_token_guards_admin_endpoints_but_not_health() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["server"]["admin_token"], "***redacted***");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_password_never_appears_in_logs_admin_or_metrics() {
+    const PASSWORD: &str = "redis-PASS-4e1d";
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - name: m\n    targets: [{{ provider: up, model: gpt-4o }}]\nkeys:\n  - {{ id: app, key: sk-app, limits: {{ rpm: 100 }} }}\nplugins:\n  shared_state: {{ redis: \"redis://:{PASSWORD}@127.0.0.1:{}\", on_error: fail_open, timeout: 100ms }}\n",
+        provider("up", &mock.url()),
+        dead_port()
+    ))
+    .await;
+    let c = reqwest::Client::new();
+    let mut seen = String::new();
+    for _ in 0..3 {
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("sk-app")
+            .json(&chat_body("m", false))
+            .send()
+            .await
+            .unwrap();
+        // Redis is down and the policy is to fail open.
+        assert_eq!(r.status(), 200);
+        seen += &format!("{:?}", r.headers());
+        seen += &r.text().await.unwrap();
+    }
+    let config: Value = c
+        .get(gw.admin_url("/admin/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["shared_state"]["redis"], "***redacted***");
+    seen += &config.to_string();
+    seen += &c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let log = gw.log();
+    assert!(log.contains("Redis"), "the failures were logged:\n{log}");
+    seen += &log;
+    assert!(!seen.contains(PASSWORD), "the Redis password leaked");
+}

@@ -383,7 +383,7 @@ impl Runtime {
             }),
             "teams": self.teams.iter().map(|(name, q)| (name.clone(), quota_json(q))).collect::<serde_json::Map<_, _>>(),
             "shared_state": self.shared_state.as_ref().map(|s| json!({
-                "redis": "***",
+                "redis": "***redacted***",
                 "on_error": match s.on_error { FailurePolicy::Open => "fail_open", FailurePolicy::Closed => "fail_closed" },
                 "timeout": format_duration(s.timeout),
             })),
