@@ -67,6 +67,91 @@ impl UsageCounter {
     }
 }
 
+/// The wire format of a stream that passes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamWire {
+    /// `chat.completion.chunk` (or legacy completion) events.
+    OpenAi,
+    /// Messages API events.
+    Anthropic,
+}
+
+/// What one event says about usage: found cheaply, without parsing events that hold none.
+struct UsageProbe<'a> {
+    usage: Usage,
+    /// The `usage` value's text, borrowed from the event.
+    raw: &'a str,
+    /// The event holds nothing but usage (OpenAI's final chunk: `"choices": []`).
+    usage_only: bool,
+}
+
+impl StreamWire {
+    fn probe<'a>(self, data: &'a str, previous: Usage) -> Option<UsageProbe<'a>> {
+        // Almost every event of a stream carries no usage (or `"usage": null`): it costs one
+        // substring search.
+        if !has_usage_object(data) {
+            return None;
+        }
+        match self {
+            StreamWire::OpenAi => {
+                #[derive(serde::Deserialize)]
+                struct Chunk<'a> {
+                    #[serde(borrow)]
+                    usage: Option<&'a RawValue>,
+                    choices: Option<Vec<serde::de::IgnoredAny>>,
+                }
+                let chunk: Chunk = serde_json::from_str(data).ok()?;
+                let raw = chunk.usage?;
+                let value: Value = serde_json::from_str(raw.get()).ok()?;
+                value.is_object().then(|| UsageProbe {
+                    usage: openai_upstream::usage(&value),
+                    raw: raw.get(),
+                    usage_only: chunk.choices.is_none_or(|c| c.is_empty()),
+                })
+            }
+            StreamWire::Anthropic => {
+                #[derive(serde::Deserialize)]
+                struct Message<'a> {
+                    #[serde(borrow)]
+                    usage: Option<&'a RawValue>,
+                }
+                #[derive(serde::Deserialize)]
+                struct Event<'a> {
+                    #[serde(borrow)]
+                    usage: Option<&'a RawValue>,
+                    #[serde(borrow)]
+                    message: Option<Message<'a>>,
+                }
+                let event: Event = serde_json::from_str(data).ok()?;
+                let raw = event.usage.or(event.message.and_then(|m| m.usage))?;
+                let value: Value = serde_json::from_str(raw.get()).ok()?;
+                value.is_object().then(|| UsageProbe {
+                    usage: anthropic::usage(&value, previous),
+                    raw: raw.get(),
+                    usage_only: false,
+                })
+            }
+        }
+    }
+
+    fn parser(self) -> UpstreamStream {
+        match self {
+            StreamWire::OpenAi => UpstreamStream::OpenAi(Default::default()),
+            StreamWire::Anthropic => UpstreamStream::Anthropic(Default::default()),
+        }
+    }
+}
+
+/// Whether a `"usage"` key in `data` is followed by an object.
+fn has_usage_object(data: &str) -> bool {
+    const KEY: &str = "\"usage\"";
+    memchr::memmem::find_iter(data.as_bytes(), KEY).any(|at| {
+        let rest = data[at + KEY.len()..].trim_start();
+        rest.strip_prefix(':')
+            .is_some_and(|value| value.trim_start().starts_with('{'))
+    })
+}
+
 /// Which of the usage reports the gateway asked for the client wants to see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UsageShown {
@@ -79,106 +164,115 @@ pub struct UsageShown {
 /// Watches a stream that passes through in the client's own format for its usage. When the
 /// gateway asked for usage reports the client did not, its events are re-framed without them:
 /// the usage-only chunk left out, running usage set to `null`.
+///
+/// Only events that mention `usage` are parsed. Until a usage report arrives, the stream's
+/// bytes are kept, so that one that never reports is still counted, with the tokenizer.
 pub struct StreamMeter {
     sse: SseParser,
-    parser: UpstreamStream,
-    events: Vec<StreamEvent>,
-    pub counter: UsageCounter,
+    wire: StreamWire,
+    reported: Option<Usage>,
+    /// The stream so far while no usage has been reported (up to `MAX_METERED_BODY`).
+    kept: BytesMut,
     /// `None`: the bytes pass untouched.
     shown: Option<UsageShown>,
 }
 
 impl StreamMeter {
-    pub fn new(parser: UpstreamStream, shown: Option<UsageShown>) -> StreamMeter {
+    pub fn new(wire: StreamWire, shown: Option<UsageShown>) -> StreamMeter {
         StreamMeter {
             sse: SseParser::new(),
-            parser,
-            events: Vec::new(),
-            counter: UsageCounter::default(),
+            wire,
+            reported: None,
+            kept: BytesMut::new(),
             shown,
         }
     }
 
     /// The bytes to send the client for one upstream chunk.
     pub fn chunk(&mut self, data: Bytes) -> Bytes {
-        let (parser, events, counter) = (&mut self.parser, &mut self.events, &mut self.counter);
+        if self.reported.is_none() && self.kept.len() + data.len() <= MAX_METERED_BODY {
+            self.kept.extend_from_slice(&data);
+        }
+        let (wire, reported) = (self.wire, &mut self.reported);
         let Some(shown) = self.shown else {
             self.sse.feed(&data, |event| {
-                Self::observe(parser, events, counter, event.data);
+                Self::observe(wire, reported, event.data);
             });
             return data;
         };
         let mut out = BytesMut::with_capacity(data.len());
         self.sse.feed(&data, |event| {
-            Self::rewrite(parser, events, counter, shown, &event, &mut out)
+            Self::rewrite(wire, reported, shown, &event, &mut out)
         });
         out.freeze()
     }
 
     /// What is left once the upstream ended: an event the upstream never terminated.
     pub fn finish(&mut self) -> Bytes {
-        let (parser, events, counter) = (&mut self.parser, &mut self.events, &mut self.counter);
+        let (wire, reported, shown) = (self.wire, &mut self.reported, self.shown);
         let mut out = BytesMut::new();
-        let shown = self.shown;
         self.sse.finish(|event| match shown {
-            Some(shown) => Self::rewrite(parser, events, counter, shown, &event, &mut out),
+            Some(shown) => Self::rewrite(wire, reported, shown, &event, &mut out),
             None => {
-                Self::observe(parser, events, counter, event.data);
+                Self::observe(wire, reported, event.data);
             }
         });
         out.freeze()
     }
 
-    /// Feeds one event to the meter; returns (it held only usage, it held usage).
-    fn observe(
-        parser: &mut UpstreamStream,
-        events: &mut Vec<StreamEvent>,
-        counter: &mut UsageCounter,
-        data: &str,
-    ) -> (bool, bool) {
-        parser.on_event(data, events);
-        let usage_only = matches!(events.as_slice(), [StreamEvent::Usage(_)]);
-        let has_usage = events.iter().any(|e| matches!(e, StreamEvent::Usage(_)));
-        for e in events.drain(..) {
-            counter.observe(&e);
+    /// What the stream said about its usage: the last report, or else the text it carried.
+    pub fn into_counter(self) -> UsageCounter {
+        let mut counter = UsageCounter::default();
+        match self.reported {
+            Some(usage) => counter.report(usage),
+            None => {
+                let (mut parser, mut events) = (self.wire.parser(), Vec::new());
+                let mut sse = SseParser::new();
+                let mut read = |event: tollgate_plugins::sse::Event<'_>| {
+                    parser.on_event(event.data, &mut events);
+                    for e in events.drain(..) {
+                        counter.observe(&e);
+                    }
+                };
+                sse.feed(&self.kept, &mut read);
+                sse.finish(&mut read);
+            }
         }
-        (usage_only, has_usage)
+        counter
+    }
+
+    fn observe<'a>(
+        wire: StreamWire,
+        reported: &mut Option<Usage>,
+        data: &'a str,
+    ) -> Option<UsageProbe<'a>> {
+        let probe = wire.probe(data, reported.unwrap_or_default())?;
+        *reported = Some(probe.usage);
+        Some(probe)
     }
 
     fn rewrite(
-        parser: &mut UpstreamStream,
-        events: &mut Vec<StreamEvent>,
-        counter: &mut UsageCounter,
+        wire: StreamWire,
+        reported: &mut Option<Usage>,
         shown: UsageShown,
         event: &tollgate_plugins::sse::Event<'_>,
         out: &mut BytesMut,
     ) {
-        match Self::observe(parser, events, counter, event.data) {
-            (true, _) if !shown.final_chunk => {}
-            (false, true) if !shown.running => match without_usage(event.data) {
-                Some(data) => encode_data(out, event.event, &data),
-                None => encode_data(out, event.event, event.data),
-            },
+        match Self::observe(wire, reported, event.data) {
+            Some(probe) if probe.usage_only && !shown.final_chunk => {}
+            Some(probe) if !probe.usage_only && !shown.running => {
+                encode_data(out, event.event, &with_null(event.data, probe.raw))
+            }
             _ => encode_data(out, event.event, event.data),
         }
     }
 }
 
-/// A chunk's JSON with its `usage` value replaced by `null`, every other byte kept.
-fn without_usage(data: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct UsageSpan<'a> {
-        #[serde(borrow)]
-        usage: Option<&'a RawValue>,
-    }
-    let raw = serde_json::from_str::<UsageSpan>(data).ok()?.usage?.get();
-    // The raw value borrows from `data`, so its address gives its position.
-    let start = raw.as_ptr() as usize - data.as_ptr() as usize;
-    Some(format!(
-        "{}null{}",
-        &data[..start],
-        &data[start + raw.len()..]
-    ))
+/// `data` with `value` (a slice of it) replaced by `null`, every other byte kept.
+fn with_null(data: &str, value: &str) -> String {
+    // The value borrows from `data`, so its address gives its position.
+    let start = value.as_ptr() as usize - data.as_ptr() as usize;
+    format!("{}null{}", &data[..start], &data[start + value.len()..])
 }
 
 /// The largest whole answer kept to read its usage from.
@@ -262,10 +356,10 @@ mod tests {
     fn passthrough_is_byte_exact_and_reads_the_usage() {
         let wire = stream_bytes();
         for step in [1, 7, wire.len()] {
-            let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), None);
+            let mut meter = StreamMeter::new(StreamWire::OpenAi, None);
             assert_eq!(run(&mut meter, &wire, step), wire);
             assert_eq!(
-                meter.counter.settle(b"{}", Tokenizer::O200k),
+                meter.into_counter().settle(b"{}", Tokenizer::O200k),
                 (REPORTED, false)
             );
         }
@@ -275,8 +369,7 @@ mod tests {
     fn strips_only_the_usage_chunk_and_still_meters() {
         let wire = stream_bytes();
         for step in [1, 13, wire.len()] {
-            let mut meter =
-                StreamMeter::new(UpstreamStream::OpenAi(Default::default()), Some(HIDDEN));
+            let mut meter = StreamMeter::new(StreamWire::OpenAi, Some(HIDDEN));
             let out = String::from_utf8(run(&mut meter, &wire, step)).unwrap();
             let expected: String = CHUNKS[..3]
                 .iter()
@@ -284,7 +377,10 @@ mod tests {
                 .chain(["data: [DONE]\n\n".to_string()])
                 .collect();
             assert_eq!(out, expected);
-            assert_eq!(meter.counter.settle(b"{}", Tokenizer::O200k).0, REPORTED);
+            assert_eq!(
+                meter.into_counter().settle(b"{}", Tokenizer::O200k).0,
+                REPORTED
+            );
         }
     }
 
@@ -341,11 +437,11 @@ mod tests {
                 wire.clone(),
             ),
         ] {
-            let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), shown);
+            let mut meter = StreamMeter::new(StreamWire::OpenAi, shown);
             let out = String::from_utf8(run(&mut meter, wire.as_bytes(), 5)).unwrap();
             assert_eq!(out, expected, "{shown:?}");
             assert_eq!(
-                meter.counter.settle(b"{}", Tokenizer::O200k).0,
+                meter.into_counter().settle(b"{}", Tokenizer::O200k).0,
                 Usage {
                     input: 3,
                     cached_input: 0,
@@ -354,10 +450,10 @@ mod tests {
             );
         }
         // Cut after the first chunk: the running usage is the provider's count so far.
-        let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), Some(HIDDEN));
+        let mut meter = StreamMeter::new(StreamWire::OpenAi, Some(HIDDEN));
         run(&mut meter, format!("data: {}\n\n", chunks[0]).as_bytes(), 7);
         assert_eq!(
-            meter.counter.settle(b"{}", Tokenizer::O200k),
+            meter.into_counter().settle(b"{}", Tokenizer::O200k),
             (
                 Usage {
                     input: 3,
@@ -376,10 +472,10 @@ mod tests {
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n",
         );
-        let mut meter = StreamMeter::new(UpstreamStream::Anthropic(Default::default()), None);
+        let mut meter = StreamMeter::new(StreamWire::Anthropic, None);
         assert_eq!(run(&mut meter, wire.as_bytes(), 11), wire.as_bytes());
         assert_eq!(
-            meter.counter.settle(b"{}", Tokenizer::Cl100k),
+            meter.into_counter().settle(b"{}", Tokenizer::Cl100k),
             (
                 Usage {
                     input: 25,
@@ -395,15 +491,25 @@ mod tests {
     fn a_stream_cut_short_is_estimated_from_what_was_generated() {
         let wire = stream_bytes();
         let cut = wire.len() - 200;
-        let mut meter = StreamMeter::new(UpstreamStream::OpenAi(Default::default()), None);
+        let mut meter = StreamMeter::new(StreamWire::OpenAi, None);
         run(&mut meter, &wire[..cut], 9);
         let body =
             br#"{"model":"m","messages":[{"role":"user","content":"Say hello to the world"}]}"#;
-        let (usage, estimated) = meter.counter.settle(body, Tokenizer::O200k);
+        let (usage, estimated) = meter.into_counter().settle(body, Tokenizer::O200k);
         assert!(estimated);
         assert_eq!(usage.output, tokens::count(Tokenizer::O200k, "Hello world"));
         let prompt = PromptSize::from_body(body).unwrap().exact(Tokenizer::O200k);
         assert_eq!(usage.input, prompt);
+    }
+
+    #[test]
+    fn only_usage_objects_are_worth_parsing() {
+        assert!(has_usage_object(r#"{"usage":{"prompt_tokens":1}}"#));
+        assert!(has_usage_object(
+            r#"{"content":"\"usage\"","usage" : {"x":1}}"#
+        ));
+        assert!(!has_usage_object(r#"{"choices":[],"usage":null}"#));
+        assert!(!has_usage_object(r#"{"delta":{"content":"the usage of"}}"#));
     }
 
     #[test]

@@ -26,10 +26,10 @@ impl Latencies {
     }
 }
 
-/// Per (model, provider); a short lock per answered request.
+/// Per model, then provider; a short lock per answered request.
 #[derive(Default)]
 pub struct LatencyStats {
-    by_route: Mutex<BTreeMap<(String, String), Latencies>>,
+    by_route: Mutex<BTreeMap<String, BTreeMap<String, Latencies>>>,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -55,8 +55,20 @@ impl LatencyStats {
         first_token: Option<Duration>,
     ) {
         let mut by_route = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
-        let route = (model.to_string(), provider.to_string());
-        let latencies = by_route.entry(route).or_insert_with(Latencies::new);
+        // Names are allocated once per route, not per request.
+        if !by_route
+            .get(model)
+            .is_some_and(|p| p.contains_key(provider))
+        {
+            by_route
+                .entry(model.to_string())
+                .or_default()
+                .insert(provider.to_string(), Latencies::new());
+        }
+        let latencies = by_route
+            .get_mut(model)
+            .and_then(|p| p.get_mut(provider))
+            .expect("inserted above");
         latencies.total.saturating_record(micros(total));
         if let Some(ttft) = first_token {
             latencies.first_token.saturating_record(micros(ttft));
@@ -69,7 +81,8 @@ impl LatencyStats {
         let by_route = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
         let routes: Vec<Value> = by_route
             .iter()
-            .map(|((model, provider), l)| {
+            .flat_map(|(model, providers)| providers.iter().map(move |(p, l)| (model, p, l)))
+            .map(|(model, provider, l)| {
                 json!({
                     "model": model,
                     "provider": provider,

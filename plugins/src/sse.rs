@@ -225,7 +225,7 @@ impl Fields {
 }
 
 fn line_end(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n' || b == b'\r')
+    memchr::memchr2(b'\n', b'\r', bytes)
 }
 
 /// What follows the line end at `end`, and whether that line end was a CR closing the input

@@ -4,6 +4,25 @@
 use crate::harness::*;
 use serde_json::Value;
 
+/// What a response shows: its headers and its body.
+async fn shown(r: reqwest::Response) -> String {
+    let headers = format!("{:?}", r.headers());
+    headers + &r.text().await.unwrap()
+}
+
+/// The running config as the admin API shows it, and that config and the metrics as text.
+async fn admin_output(gw: &Gateway) -> (Value, String) {
+    let config: Value = reqwest::get(gw.admin_url("/admin/config"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let metrics = gw.metrics().await;
+    let text = format!("{config}{metrics}");
+    (config, text)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn provider_key_never_appears_in_logs_admin_metrics_or_errors() {
     let good = Mock::start(&[]);
@@ -24,27 +43,11 @@ async fn provider_key_never_appears_in_logs_admin_metrics_or_errors() {
             .send()
             .await
             .unwrap();
-        seen += &format!("{:?}", r.headers());
-        seen += &r.text().await.unwrap();
+        seen += &shown(r).await;
     }
-    let config: Value = c
-        .get(gw.admin_url("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (config, admin) = admin_output(&gw).await;
     assert_eq!(config["providers"][0]["api_key"], "***redacted***");
-    seen += &config.to_string();
-    seen += &c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    seen += &admin;
     // Reload with a config whose secret sits where a number belongs: the error must not echo it.
     gw.rewrite(&format!("providers:\n  - {{ name: x, kind: openai, base_url: \"http://127.0.0.1:1\", timeouts: {{ connect: \"${{{UPSTREAM_KEY_VAR}}}\" }} }}\n"));
     seen += &gw.reload().await.text().await.unwrap();
@@ -121,27 +124,11 @@ async fn redis_password_never_appears_in_logs_admin_or_metrics() {
             .unwrap();
         // Redis is down and the policy is to fail open.
         assert_eq!(r.status(), 200);
-        seen += &format!("{:?}", r.headers());
-        seen += &r.text().await.unwrap();
+        seen += &shown(r).await;
     }
-    let config: Value = c
-        .get(gw.admin_url("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (config, admin) = admin_output(&gw).await;
     assert_eq!(config["shared_state"]["redis"], "***redacted***");
-    seen += &config.to_string();
-    seen += &c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    seen += &admin;
     let log = gw.log();
     assert!(log.contains("Redis"), "the failures were logged:\n{log}");
     seen += &log;

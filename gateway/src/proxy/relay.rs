@@ -5,11 +5,13 @@
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
-use crate::metering::{body_usage, StreamMeter, UsageCounter, UsageShown, MAX_METERED_BODY};
+use crate::metering::{
+    body_usage, StreamMeter, StreamWire, UsageCounter, UsageShown, MAX_METERED_BODY,
+};
 use crate::providers::anthropic_format;
 use crate::providers::chat::{ChatRequest, StreamEvent};
 use crate::providers::openai_format::{self, StreamRenderer};
-use crate::providers::transcode::{ClientStream, StreamTranscoder, UpstreamStream};
+use crate::providers::transcode::{ClientStream, StreamTranscoder};
 use crate::providers::{ClientFormat, Dialect, ProviderKind};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
@@ -136,7 +138,8 @@ enum BodyFilter {
     /// A whole answer in the client's own format, kept (up to a bound) to read its usage.
     Whole {
         kind: ProviderKind,
-        kept: BytesMut,
+        /// The chunks as they came: shared, not copied.
+        kept: Vec<Bytes>,
         too_large: bool,
     },
     /// A stream re-spoken in the client's format.
@@ -151,8 +154,9 @@ impl BodyFilter {
             BodyFilter::Whole {
                 kept, too_large, ..
             } => {
-                if kept.len() + data.len() <= MAX_METERED_BODY {
-                    kept.extend_from_slice(&data);
+                let size: usize = kept.iter().map(Bytes::len).sum();
+                if size + data.len() <= MAX_METERED_BODY {
+                    kept.push(data.clone());
                 } else {
                     *too_large = true;
                 }
@@ -176,7 +180,7 @@ impl BodyFilter {
     fn into_counter(self) -> Option<UsageCounter> {
         match self {
             BodyFilter::Unmetered => None,
-            BodyFilter::Stream(meter) => Some(meter.counter),
+            BodyFilter::Stream(meter) => Some(meter.into_counter()),
             BodyFilter::Transcode(t) => Some(t.counter),
             BodyFilter::Whole {
                 kind,
@@ -184,7 +188,11 @@ impl BodyFilter {
                 too_large,
             } => {
                 let mut counter = UsageCounter::default();
-                match body_usage(kind, &kept) {
+                let body = match kept.as_slice() {
+                    [one] => one.clone(),
+                    many => Bytes::from(many.concat()),
+                };
+                match body_usage(kind, &body) {
                     Some(usage) => counter.report(usage),
                     None if too_large => log::warn!(
                         "an answer over {MAX_METERED_BODY} bytes without readable usage: estimated"
@@ -210,15 +218,15 @@ pub async fn relay(
             BodyFilter::Unmetered
         }
         Translation::None if plan.client_streaming => {
-            let parser = match plan.kind {
-                ProviderKind::Anthropic => UpstreamStream::Anthropic(Default::default()),
-                _ => UpstreamStream::OpenAi(Default::default()),
+            let wire = match plan.kind {
+                ProviderKind::Anthropic => StreamWire::Anthropic,
+                _ => StreamWire::OpenAi,
             };
-            BodyFilter::Stream(StreamMeter::new(parser, plan.usage_shown))
+            BodyFilter::Stream(StreamMeter::new(wire, plan.usage_shown))
         }
         Translation::None => BodyFilter::Whole {
             kind: plan.kind,
-            kept: BytesMut::new(),
+            kept: Vec::new(),
             too_large: false,
         },
         Translation::Translate { from, to, chat } if plan.client_streaming && status == 200 => {

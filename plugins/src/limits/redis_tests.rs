@@ -190,13 +190,7 @@ async fn two_replicas_enforce_one_rpm_and_one_tpm_together() {
     .await;
     assert_eq!(admitted, 10);
     for replica in &replicas {
-        assert_eq!(
-            replica.shared_state(),
-            Some(SharedStateHealth {
-                up: true,
-                errors: 0
-            })
-        );
+        assert_healthy(replica);
     }
 }
 
@@ -237,13 +231,7 @@ async fn two_replicas_share_token_reservations() {
     let remaining = fourth.headers.tokens.map(|w| w.remaining).unwrap();
     assert!((100..=105).contains(&remaining), "{remaining}");
     for replica in [&a, &b] {
-        assert_eq!(
-            replica.shared_state(),
-            Some(SharedStateHealth {
-                up: true,
-                errors: 0
-            })
-        );
+        assert_healthy(replica);
     }
 }
 
@@ -419,13 +407,7 @@ async fn every_key_expires() {
         .await
         .unwrap();
     assert_eq!(spent, [2_000_000, 2_000_000]);
-    assert_eq!(
-        limiter.shared_state(),
-        Some(SharedStateHealth {
-            up: true,
-            errors: 0
-        })
-    );
+    assert_healthy(&limiter);
 }
 
 #[tokio::test]
@@ -634,4 +616,15 @@ async fn the_lua_calendar_matches_chrono() {
             "the Lua calendar disagrees with chrono in days {first}..={last}"
         );
     }
+}
+
+/// Every call succeeded: none failed, and the store reads as up.
+fn assert_healthy(limiter: &Limiter) {
+    assert_eq!(
+        limiter.shared_state(),
+        Some(SharedStateHealth {
+            up: true,
+            errors: 0
+        })
+    );
 }
