@@ -5,6 +5,8 @@ use crate::control::Control;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::request_id;
+use crate::router::gpu::{self, Scoring};
+use crate::upstream::load::LoadView;
 use crate::usage;
 use async_trait::async_trait;
 use http::Response;
@@ -132,6 +134,24 @@ impl ServeHttp for Admin {
     }
 }
 
+/// What the endpoint's server last reported, and the score routing gives it; `null` when
+/// unknown (never read, failed, or stale).
+fn load_json(view: Option<LoadView>) -> serde_json::Value {
+    let Some(view) = view else {
+        return serde_json::Value::Null;
+    };
+    json!({
+        "queue": view.queue,
+        "waiting": view.report.waiting,
+        "running": view.report.running,
+        "kv_cache": view.kv_cache,
+        "gpu_utilization": view.report.gpu_utilization,
+        "lora_adapters": view.report.lora_adapters,
+        "age_ms": view.age.as_millis() as u64,
+        "score": gpu::load_score(&Scoring::default(), &view),
+    })
+}
+
 /// `GET /admin/providers`: what the router knows about each endpoint now.
 fn providers_json(runtime: &Runtime) -> serde_json::Value {
     let now = Instant::now();
@@ -152,6 +172,7 @@ fn providers_json(runtime: &Runtime) -> serde_json::Value {
                     "ejected_remaining_ms": ms(s.ejection_remaining(now)),
                     "ejections": s.ejections(),
                     "consecutive_failures": s.consecutive_failures(),
+                    "load": p.load_metrics.as_ref().map(|m| load_json(s.load.view(now, m.fresh_for(), s.in_flight()))),
                 })
             }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),

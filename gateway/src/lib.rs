@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod providers;
 pub mod proxy;
 pub mod router;
+pub mod scrape;
 pub mod server;
 pub mod stats;
 pub mod tokens;

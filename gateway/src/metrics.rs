@@ -1,6 +1,7 @@
 //! Prometheus metrics (names and labels per the contract), in the gateway's own registry.
 
 use crate::config::Runtime;
+use crate::router::gpu::{load_score, Scoring};
 use crate::stats::LatencyStats;
 use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -34,6 +35,7 @@ pub struct Metrics {
     endpoint_healthy: IntGaugeVec,
     endpoint_ewma: GaugeVec,
     endpoint_in_flight: IntGaugeVec,
+    endpoint_load_score: GaugeVec,
 }
 
 /// Latency buckets from 1 ms to 5 min: AI calls span both ends.
@@ -191,8 +193,17 @@ impl Metrics {
             &["provider", "endpoint"],
         )
         .expect("valid metric");
+        let endpoint_load_score = GaugeVec::new(
+            Opts::new(
+                "tollgate_endpoint_load_score",
+                "Load score from the server's own metrics: 1 idle, towards 0 saturated.",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(endpoint_load_score.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(fallbacks.clone()),
@@ -238,6 +249,7 @@ impl Metrics {
             endpoint_healthy,
             endpoint_ewma,
             endpoint_in_flight,
+            endpoint_load_score,
         }
     }
 
@@ -292,11 +304,21 @@ impl Metrics {
         self.endpoint_healthy.reset();
         self.endpoint_ewma.reset();
         self.endpoint_in_flight.reset();
+        self.endpoint_load_score.reset();
         let now = Instant::now();
         for provider in &runtime.providers {
             for endpoint in provider.pool.endpoints().iter() {
                 let labels = [provider.name.as_str(), endpoint.label.as_str()];
                 let state = &endpoint.state;
+                if let Some(view) = provider
+                    .load_metrics
+                    .as_ref()
+                    .and_then(|m| state.load.view(now, m.fresh_for(), state.in_flight()))
+                {
+                    self.endpoint_load_score
+                        .with_label_values(&labels)
+                        .set(load_score(&Scoring::default(), &view));
+                }
                 self.endpoint_healthy
                     .with_label_values(&labels)
                     .set(i64::from(state.availability(now).is_ok()));

@@ -8,6 +8,7 @@ use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::router::Strategy;
+use crate::scrape::LoadScraper;
 use crate::usage::LedgerCloser;
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
@@ -124,6 +125,15 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         "tollgate health checks".to_string(),
         Arc::new(HealthChecker::new(runtime.clone())),
     );
+    let scraper = GenBackgroundService::new(
+        "tollgate load metrics".to_string(),
+        Arc::new(LoadScraper::new(
+            runtime.clone(),
+            Connector::new(Some(ConnectorOptions::from_server_conf(
+                &server.configuration,
+            ))),
+        )),
+    );
     let control = Arc::new(Control::new(config_path, runtime, metrics.clone()));
     let mut admin = Service::new(
         "tollgate admin".to_string(),
@@ -139,6 +149,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         control,
     ));
     server.add_service(health);
+    server.add_service(scraper);
     if let Some(ledger) = ledger {
         server.add_service(GenBackgroundService::new(
             "tollgate ledger".to_string(),

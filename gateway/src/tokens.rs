@@ -117,6 +117,11 @@ impl PromptSize {
         })
     }
 
+    /// The prompt's texts in order, one after the other.
+    pub fn text(&self) -> String {
+        self.texts.concat()
+    }
+
     pub fn last_user(&self) -> Option<&str> {
         self.last_user.as_deref()
     }

@@ -8,6 +8,7 @@ mod context;
 mod errors;
 mod failover;
 mod geo;
+mod gpu;
 mod ledger;
 mod limits;
 mod metering;

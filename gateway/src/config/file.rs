@@ -170,6 +170,34 @@ pub struct ProviderSection {
     pub health_check: Option<HealthCheckSection>,
     /// The provider's own quota: the gateway routes elsewhere rather than exceed it.
     pub limits: Option<LimitsSection>,
+    /// GPU servers' Prometheus metrics, for `gpu-aware` and `least-loaded` routing.
+    pub load_metrics: Option<LoadMetricsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadMetricsSection {
+    pub path: Option<String>,
+    /// When the metrics listen apart from the API (Triton: 8002).
+    pub port: Option<u16>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub every: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// How `gpu-aware` weighs what the GPU servers report.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringSection {
+    pub queue_weight: Option<f64>,
+    pub kv_cache_weight: Option<f64>,
+    pub prefix_weight: Option<f64>,
+    pub lora_weight: Option<f64>,
+    /// Endpoints with more waiting requests are left out (unless all are).
+    pub max_waiting: Option<f64>,
+    /// Endpoints with more KV-cache use are left out (unless all are).
+    pub max_kv_cache: Option<f64>,
 }
 
 /// A pool that follows a DNS name (a Kubernetes headless service has one address per pod).
@@ -235,6 +263,8 @@ pub struct ModelSection {
     /// The first rule whose conditions all hold limits the request to its targets.
     #[serde(default)]
     pub rules: Vec<RuleSection>,
+    /// Weights and thresholds of `strategy: gpu-aware`.
+    pub scoring: Option<ScoringSection>,
 }
 
 #[derive(Debug, Deserialize)]

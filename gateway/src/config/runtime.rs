@@ -10,9 +10,10 @@ use super::units::format_duration;
 use super::ConfigError;
 use crate::catalog::{Catalog, ModelFacts, Prices, Tokenizer};
 use crate::providers::triton::PromptTemplate;
-use crate::providers::{HealthCheck, Provider, ProviderKind, Timeouts};
+use crate::providers::{HealthCheck, LoadMetrics, Provider, ProviderKind, Timeouts};
 use crate::router::context::ContextPolicy;
 use crate::router::geo::{resident, Geo};
+use crate::router::gpu::Scoring;
 use crate::router::rules::Rule;
 use crate::router::weighted::SmoothWeighted;
 use crate::router::Strategy;
@@ -84,6 +85,8 @@ pub struct ServerSettings {
 pub struct Model {
     pub name: String,
     pub strategy: Strategy,
+    /// How `gpu-aware` weighs the servers' load.
+    pub scoring: Scoring,
     /// Regions the model's traffic may never leave.
     pub residency: Option<Vec<String>>,
     /// The first rule that matches limits a request to its targets.
@@ -890,6 +893,33 @@ fn build_provider(
             Some(check)
         }
     };
+    let load_metrics = match s.load_metrics {
+        None => None,
+        Some(m) => {
+            if !matches!(kind, ProviderKind::Vllm | ProviderKind::Triton) {
+                return Err(cx.err(
+                    format!("{path}.load_metrics"),
+                    "only vllm and triton providers report GPU load",
+                ));
+            }
+            let metrics = LoadMetrics {
+                path: m.path.unwrap_or_else(|| "/metrics".to_string()),
+                port: m.port,
+                every: m.every.unwrap_or(Duration::from_millis(250)),
+                timeout: m.timeout.unwrap_or(Duration::from_millis(200)),
+            };
+            if !metrics.path.starts_with('/') {
+                return Err(cx.err(format!("{path}.load_metrics.path"), "must start with /"));
+            }
+            if metrics.every.is_zero() || metrics.timeout.is_zero() {
+                return Err(cx.err(
+                    format!("{path}.load_metrics"),
+                    "every and timeout must be more than 0",
+                ));
+            }
+            Some(metrics)
+        }
+    };
     if s.api_version.is_some() && kind != ProviderKind::AzureOpenai {
         return Err(cx.err(
             format!("{path}.api_version"),
@@ -908,6 +938,7 @@ fn build_provider(
         timeouts,
         outlier,
         health_check,
+        load_metrics,
     })
 }
 
@@ -1176,9 +1207,41 @@ fn build_model(
             targets: chosen,
         });
     }
+    let scoring = match s.scoring {
+        None => Scoring::default(),
+        Some(sc) => {
+            let d = Scoring::default();
+            let scoring = Scoring {
+                queue_weight: sc.queue_weight.unwrap_or(d.queue_weight),
+                kv_cache_weight: sc.kv_cache_weight.unwrap_or(d.kv_cache_weight),
+                prefix_weight: sc.prefix_weight.unwrap_or(d.prefix_weight),
+                lora_weight: sc.lora_weight.unwrap_or(d.lora_weight),
+                max_waiting: sc.max_waiting.unwrap_or(d.max_waiting),
+                max_kv_cache: sc.max_kv_cache.unwrap_or(d.max_kv_cache),
+            };
+            let weights = [
+                scoring.queue_weight,
+                scoring.kv_cache_weight,
+                scoring.prefix_weight,
+                scoring.lora_weight,
+            ];
+            if weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+                || !scoring.max_waiting.is_finite()
+                || scoring.max_waiting < 0.0
+                || !(0.0..=1.0).contains(&scoring.max_kv_cache)
+            {
+                return Err(cx.err(
+                    format!("{path}.scoring"),
+                    "weights and max_waiting must be 0 or more, max_kv_cache a fraction from 0 to 1",
+                ));
+            }
+            scoring
+        }
+    };
     Ok(Model {
         name: s.name,
         strategy,
+        scoring,
         rules,
         residency: s.residency,
         context,
@@ -1259,6 +1322,33 @@ mod tests {
             Ok(_) => panic!("expected an error for:\n{text}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn load_metrics_and_scoring() {
+        let rt = build_text(
+            "providers:\n  - { name: gpu, kind: triton, endpoints: [\"127.0.0.1:8000\"], load_metrics: { port: 8002, every: 100ms } }\nmodels:\n  - name: m\n    strategy: gpu-aware\n    scoring: { prefix_weight: 5, max_waiting: 10 }\n    targets: [{ provider: gpu, model: llama }]\n",
+        )
+        .unwrap();
+        let metrics = rt.providers[0].load_metrics.clone().unwrap();
+        assert_eq!(
+            (metrics.path.as_str(), metrics.port, metrics.every),
+            ("/metrics", Some(8002), Duration::from_millis(100))
+        );
+        let model = rt.model("m").unwrap();
+        assert_eq!(model.strategy, Strategy::GpuAware);
+        assert_eq!(model.scoring.prefix_weight, 5.0);
+        assert_eq!(model.scoring.max_waiting, 10.0);
+        assert_eq!(model.scoring.queue_weight, Scoring::default().queue_weight);
+
+        let err = build_err(&format!(
+            "{BASE}  - name: b\n    strategy: gpu-aware\n    scoring: {{ max_kv_cache: 2 }}\n    targets: [{{ provider: openai, model: x }}]\n"
+        ));
+        assert_eq!(err.path, "models[1].scoring");
+        let err = build_err(
+            "providers:\n  - { name: o, kind: openai, base_url: \"http://127.0.0.1:1\", load_metrics: {} }\n",
+        );
+        assert_eq!(err.path, "providers[0].load_metrics");
     }
 
     #[test]

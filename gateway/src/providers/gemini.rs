@@ -380,6 +380,7 @@ mod tests {
             .unwrap(),
         );
         let provider = Provider {
+            load_metrics: None,
             quota: None,
             name: "g".into(),
             // The adapter ignores the kind; any will do for building the header.

@@ -118,6 +118,25 @@ pub struct Provider {
     pub timeouts: Timeouts,
     pub outlier: OutlierPolicy,
     pub health_check: Option<HealthCheck>,
+    /// Where and how often its servers' own load is read.
+    pub load_metrics: Option<LoadMetrics>,
+}
+
+/// Scraping a GPU server's Prometheus metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadMetrics {
+    pub path: String,
+    /// Another port than the endpoint's (Triton serves metrics on 8002).
+    pub port: Option<u16>,
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
+impl LoadMetrics {
+    /// A scrape older than this reads as unknown, not as idle.
+    pub fn fresh_for(&self) -> Duration {
+        self.every * 3 + self.timeout
+    }
 }
 
 /// Active health checking of a provider's endpoints.

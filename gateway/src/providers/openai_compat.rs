@@ -67,6 +67,7 @@ mod tests {
             Endpoint::parse(base, Duration::from_secs(1), Duration::from_secs(10)).unwrap(),
         );
         let provider = Provider {
+            load_metrics: None,
             quota: None,
             name: "p".into(),
             kind,

@@ -390,6 +390,7 @@ mod tests {
             .unwrap(),
         );
         let provider = Provider {
+            load_metrics: None,
             quota: None,
             name: "t".into(),
             kind: ProviderKind::Vllm,

@@ -11,6 +11,7 @@ use crate::router::context::{self, ContextPolicy};
 use crate::router::geo::resident;
 use crate::router::{estimated_costs, Planner, Strategy};
 use crate::tokens::PromptSize;
+use crate::upstream::load::prefix_blocks;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use std::borrow::Cow;
@@ -35,7 +36,7 @@ pub fn admit<'m>(
 ) -> Result<Admitted<'m>, GatewayError> {
     // Prompt size matters only to some policies; most requests never parse it.
     let needs_prompt = model.context.is_some()
-        || model.strategy == Strategy::Cost
+        || matches!(model.strategy, Strategy::Cost | Strategy::GpuAware)
         || model.rules.iter().any(|r| r.needs_prompt());
     let prompt = needs_prompt.then(|| PromptSize::from_body(&body)).flatten();
     // A target whose provider cannot serve this operation (embeddings from Anthropic) is out.
@@ -110,8 +111,13 @@ pub fn admit<'m>(
         }
         _ => Vec::new(),
     };
+    // Prefix affinity: which replica may already hold the prompt's leading blocks.
+    let prefix = match (model.strategy, &prompt) {
+        (Strategy::GpuAware, Some(prompt)) => prefix_blocks(&prompt.text()),
+        _ => Vec::new(),
+    };
     Ok(Admitted {
-        planner: Planner::admitted(model, allowed, preference),
+        planner: Planner::admitted(model, allowed, preference).with_prefix(prefix),
         body,
         truncated,
         route,

@@ -8,11 +8,13 @@
 pub mod context;
 pub mod ewma;
 pub mod geo;
+pub mod gpu;
 pub mod rules;
 pub mod weighted;
 
 use crate::config::runtime::{Model, Target};
 use crate::tokens::PromptSize;
+use crate::upstream::load::LoadView;
 use crate::upstream::state::Unavailable;
 use crate::upstream::Endpoint;
 use std::fmt;
@@ -33,16 +35,19 @@ pub enum Strategy {
     Cost,
     /// Nearest region to the client first.
     Geo,
+    /// Best by the GPU servers' own load: queue, KV cache, prefix and LoRA affinity.
+    GpuAware,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 7] = [
         Strategy::Fallback,
         Strategy::Weighted,
         Strategy::Latency,
         Strategy::LeastLoaded,
         Strategy::Cost,
         Strategy::Geo,
+        Strategy::GpuAware,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +58,7 @@ impl Strategy {
             Strategy::LeastLoaded => "least-loaded",
             Strategy::Cost => "cost",
             Strategy::Geo => "geo",
+            Strategy::GpuAware => "gpu-aware",
         }
     }
 
@@ -81,6 +87,8 @@ pub struct Planner<'m> {
     /// Per target, lower first: estimated cost (`strategy: cost`) or distance (`geo`).
     preference: Vec<f64>,
     tried: Vec<Arc<Endpoint>>,
+    /// The prompt's leading block hashes, for prefix affinity (`gpu-aware` only).
+    prefix: Vec<u64>,
 }
 
 /// How endpoints compare.
@@ -91,12 +99,25 @@ enum Measure {
 }
 
 impl Measure {
-    fn of(self, endpoint: &Endpoint, now: Instant) -> f64 {
+    fn of(self, target: &Target, endpoint: &Endpoint, now: Instant) -> f64 {
         match self {
             Measure::Cost => endpoint.state.cost(now),
-            Measure::InFlight => endpoint.state.in_flight() as f64,
+            // The server's own count when it reports one: it sees every client, not just us.
+            Measure::InFlight => match load_view(target, endpoint, now) {
+                Some(load) => load.queue + load.report.running.unwrap_or(0.0),
+                None => endpoint.state.in_flight() as f64,
+            },
         }
     }
+}
+
+/// The endpoint's load as its server last reported it, while that report is fresh.
+pub fn load_view(target: &Target, endpoint: &Endpoint, now: Instant) -> Option<LoadView> {
+    let metrics = target.provider.load_metrics.as_ref()?;
+    endpoint
+        .state
+        .load
+        .view(now, metrics.fresh_for(), endpoint.state.in_flight())
 }
 
 impl<'m> Planner<'m> {
@@ -114,7 +135,14 @@ impl<'m> Planner<'m> {
             allowed,
             preference,
             tried: Vec::new(),
+            prefix: Vec::new(),
         }
+    }
+
+    /// Prefix affinity for `gpu-aware`: the prompt's leading block hashes.
+    pub fn with_prefix(mut self, prefix: Vec<u64>) -> Planner<'m> {
+        self.prefix = prefix;
+        self
     }
 
     fn usable(&self, endpoint: &Arc<Endpoint>, now: Instant) -> bool {
@@ -144,7 +172,7 @@ impl<'m> Planner<'m> {
             endpoints.iter().filter(|e| self.usable(e, now)).collect();
         let (a, b) = two_choices(usable.len())?;
         let chosen = match b {
-            Some(b) if measure.of(usable[b], now) < measure.of(usable[a], now) => b,
+            Some(b) if measure.of(target, usable[b], now) < measure.of(target, usable[a], now) => b,
             _ => a,
         };
         Some(usable[chosen].clone())
@@ -158,19 +186,66 @@ impl<'m> Planner<'m> {
             .endpoints()
             .iter()
             .filter(|e| self.usable(e, now))
-            .map(|e| measure.of(e, now))
+            .map(|e| measure.of(target, e, now))
             .fold(f64::INFINITY, f64::min)
     }
 
     /// The next attempt's target and endpoint; `None` when nothing usable is left.
     pub fn next(&mut self, now: Instant) -> Option<Pick<'m>> {
+        let pick = match self.model.strategy {
+            Strategy::GpuAware => self.best_scored(now),
+            _ => self.by_strategy(now),
+        }?;
+        // Counted until the next scrape, so that a burst spreads before the servers report it.
+        pick.endpoint.state.load.sent(&self.prefix);
+        self.tried.push(pick.endpoint.clone());
+        Some(pick)
+    }
+
+    /// `gpu-aware`: every usable endpoint of every eligible target, scored on its server's
+    /// load and on affinity.
+    fn best_scored(&self, now: Instant) -> Option<Pick<'m>> {
+        let mut options: Vec<(&'m Target, Arc<Endpoint>)> = Vec::new();
+        for (i, target) in self.model.targets.iter().enumerate() {
+            if !self.allowed[i] {
+                continue;
+            }
+            for endpoint in target.provider.pool.endpoints().iter() {
+                if self.usable(endpoint, now) {
+                    options.push((target, endpoint.clone()));
+                }
+            }
+        }
+        let candidates: Vec<gpu::Candidate> = options
+            .iter()
+            .map(|(target, endpoint)| {
+                let load = load_view(target, endpoint, now);
+                let lora_loaded = load
+                    .as_ref()
+                    .is_some_and(|l| l.report.lora_adapters.contains(&target.model));
+                gpu::Candidate {
+                    load,
+                    in_flight: endpoint.state.in_flight(),
+                    prefix_match: endpoint.state.load.prefix_match(&self.prefix),
+                    lora_loaded,
+                }
+            })
+            .collect();
+        let scores = gpu::score(&self.model.scoring, &candidates, self.prefix.len());
+        let (target, endpoint) = options.swap_remove(gpu::pick(&scores)?);
+        Some(Pick { target, endpoint })
+    }
+
+    fn by_strategy(&self, now: Instant) -> Option<Pick<'m>> {
         let targets = &self.model.targets;
         let measure = match self.model.strategy {
             Strategy::LeastLoaded => Measure::InFlight,
             _ => Measure::Cost,
         };
         let index = match self.model.strategy {
-            Strategy::Fallback => (0..targets.len()).find(|&i| self.eligible(i, now)),
+            Strategy::Fallback | Strategy::GpuAware => {
+                (0..targets.len()).find(|&i| self.eligible(i, now))
+            }
             Strategy::Weighted => self.model.weights.pick(|i| self.eligible(i, now)),
             // Cheapest or nearest first; equals keep config order.
             Strategy::Cost | Strategy::Geo => (0..targets.len())
@@ -202,7 +277,6 @@ impl<'m> Planner<'m> {
         }?;
         let target = &targets[index];
         let endpoint = self.pick_endpoint(target, now, measure)?;
-        self.tried.push(endpoint.clone());
         Some(Pick { target, endpoint })
     }
 

@@ -1,6 +1,7 @@
 //! What the gateway knows about one endpoint right now: latency, load, cooldown, ejection and
 //! health. It lives with the endpoint, so it survives config reloads that keep the endpoint.
 
+use super::load::LoadState;
 use crate::router::ewma::PeakEwma;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::LazyLock;
@@ -46,6 +47,8 @@ pub enum Unavailable {
 
 pub struct EndpointState {
     pub latency: PeakEwma,
+    /// What the server's own metrics say (GPU servers with `load_metrics`).
+    pub load: LoadState,
     in_flight: AtomicU32,
     cooldown_until: AtomicU64,
     ejected_until: AtomicU64,
@@ -65,6 +68,7 @@ impl EndpointState {
     pub fn new(ewma_decay: Duration) -> EndpointState {
         EndpointState {
             latency: PeakEwma::new(ewma_decay),
+            load: LoadState::default(),
             in_flight: AtomicU32::new(0),
             cooldown_until: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),

@@ -1,0 +1,153 @@
+//! GPU-aware routing: the gateway reads vLLM's and Triton's own metrics and routes by queue,
+//! KV cache and prompt prefix.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A gateway over one pool of `kind` mocks, `strategy: gpu-aware`, scraping every 100 ms.
+async fn gateway(kind: &str, mocks: &[&Mock], model: &str) -> Gateway {
+    let endpoints: Vec<String> = mocks.iter().map(|m| format!("\"{}\"", m.addr)).collect();
+    Gateway::start(&format!(
+        "providers:\n  - {{ name: gpu, kind: {kind}, endpoints: [{}], load_metrics: {{ every: 100ms }} }}\nmodels:\n  - name: m\n    strategy: gpu-aware\n    targets: [{{ provider: gpu, model: {model} }}]\n",
+        endpoints.join(", ")
+    ))
+    .await
+}
+
+/// Waits until the gateway has a fresh scrape of every endpoint; returns the admin view.
+async fn scraped(gw: &Gateway, endpoints: usize) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let view: Value = reqwest::get(gw.admin_url("/admin/providers"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let loads = view["providers"][0]["endpoints"].as_array().unwrap();
+        if loads.len() == endpoints && loads.iter().all(|e| e["load"].is_object()) {
+            return view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never scraped: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn endpoint_load<'a>(view: &'a Value, mock: &Mock) -> &'a Value {
+    view["providers"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == mock.addr.to_string())
+        .map(|e| &e["load"])
+        .unwrap()
+}
+
+/// Sends `n` chats for `model` one after another; returns how many each mock received.
+async fn spread(
+    gw: &Gateway,
+    mocks: &[&Mock],
+    n: usize,
+    body: impl Fn(usize) -> Value,
+) -> Vec<usize> {
+    for mock in mocks {
+        mock.clear().await;
+    }
+    let client = reqwest::Client::new();
+    for i in 0..n {
+        let r = client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&body(i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let mut counts = Vec::new();
+    for mock in mocks {
+        counts.push(mock.requests().await.len());
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_idle_vllm_replica_gets_the_traffic_and_it_follows_a_flip() {
+    let busy = Mock::start(&["--kind", "vllm"]);
+    let idle = Mock::start(&["--kind", "vllm"]);
+    busy.configure(json!({"waiting": 50})).await;
+    let gw = gateway("vllm", &[&busy, &idle], "llama").await;
+    let view = scraped(&gw, 2).await;
+    assert_eq!(endpoint_load(&view, &busy)["waiting"], 50.0);
+    assert_eq!(endpoint_load(&view, &idle)["waiting"], 0.0);
+    assert!(
+        endpoint_load(&view, &busy)["score"].as_f64().unwrap()
+            < endpoint_load(&view, &idle)["score"].as_f64().unwrap()
+    );
+
+    let counts = spread(&gw, &[&busy, &idle], 40, |_| chat_body("m", false)).await;
+    assert!(counts[1] >= 36, "{counts:?}");
+
+    // Flip the gauges: within 2 s the traffic follows.
+    busy.configure(json!({"waiting": 0})).await;
+    idle.configure(json!({"waiting": 50})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = spread(&gw, &[&busy, &idle], 40, |_| chat_body("m", false)).await;
+    assert!(counts[0] >= 36, "{counts:?}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("tollgate_endpoint_load_score{"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_idle_triton_replica_gets_the_traffic() {
+    let busy = Mock::start(&["--kind", "triton"]);
+    let idle = Mock::start(&["--kind", "triton"]);
+    busy.configure(json!({"waiting": 20})).await;
+    let gw = gateway("triton", &[&busy, &idle], "llama").await;
+    let view = scraped(&gw, 2).await;
+    assert_eq!(endpoint_load(&view, &busy)["waiting"], 20.0);
+    let counts = spread(&gw, &[&busy, &idle], 40, |_| chat_body("m", false)).await;
+    assert!(counts[1] >= 36, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompts_sharing_a_prefix_stay_on_one_replica_while_it_has_headroom() {
+    let a = Mock::start(&["--kind", "vllm"]);
+    let b = Mock::start(&["--kind", "vllm"]);
+    let gw = gateway("vllm", &[&a, &b], "llama").await;
+    scraped(&gw, 2).await;
+    let system = "You are a support agent for Tollgate. ".repeat(60);
+    let counts = spread(&gw, &[&a, &b], 20, |i| {
+        json!({"model": "m", "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": format!("Question number {i}?")},
+        ]})
+    })
+    .await;
+    assert!(counts.contains(&20), "{counts:?}");
+
+    // Once the holder reports a long queue, the prefix no longer holds traffic there.
+    let holder = if counts[0] == 20 { &a } else { &b };
+    holder.configure(json!({"waiting": 50})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = spread(&gw, &[&a, &b], 10, |i| {
+        json!({"model": "m", "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": format!("Another question {i}?")},
+        ]})
+    })
+    .await;
+    let at_holder = if std::ptr::eq(holder, &a) {
+        counts[0]
+    } else {
+        counts[1]
+    };
+    assert_eq!(at_holder, 0, "{counts:?}");
+}
