@@ -1,7 +1,9 @@
 //! Side-by-side benchmark of three paths to one mock provider: direct, through a bare Pingora
-//! proxy, and through Tollgate. The binaries are `bare-proxy` and `proxy-bench`.
+//! proxy, and through Tollgate (`bare-proxy`, `proxy-bench`); and routing strategies over
+//! simulated GPU servers under open-loop load (`gpu-bench`).
 
 pub mod load;
+pub mod openloop;
 pub mod procs;
 pub mod report;
 pub mod scenario;
