@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use clap::Args;
 
 use crate::config::{
-    check_error_rate, check_error_status, check_tokens_per_sec, MockConfig, MockKind, DEFAULT_MODEL,
+    check_error_rate, check_error_status, check_kv_cache_usage, check_tokens_per_sec, MockConfig,
+    MockKind, DEFAULT_MODEL,
 };
+use crate::gpu::{check_time, GpuSim};
 
 /// Flags that start one mock provider.
 #[derive(Args, Clone, Debug)]
@@ -57,9 +59,39 @@ pub struct MockArgs {
     /// Models served by GET /v1/models, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_MODEL)]
     pub models: Vec<String>,
-    /// Value reported as vllm:num_requests_waiting (and added to Triton's pending count).
+    /// Added to the waiting requests that /metrics reports (vLLM waiting,
+    /// Triton pending and TensorRT-LLM waiting counts).
     #[arg(long, default_value_t = 0)]
     pub waiting: u32,
+    /// Report this KV-cache usage (0..=1) in /metrics instead of the real one.
+    #[arg(long, value_parser = kv_cache_usage)]
+    pub kv_cache_usage: Option<f64>,
+    /// Simulate a GPU server with this many batch slots: generation requests
+    /// queue for a slot and KV room, then take prefill and decode time (in
+    /// place of --latency-ms, --ttft-ms and --tokens-per-sec), and vLLM and
+    /// Triton metrics report its queue and caches.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub gpu_slots: Option<u32>,
+    /// Simulated KV-cache capacity, in tokens.
+    #[arg(long, requires = "gpu_slots", default_value_t = GpuSim::DEFAULT.kv_tokens,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub gpu_kv_tokens: u32,
+    /// Simulated prefill time per prompt token missed by the prefix cache, in microseconds.
+    #[arg(long, requires = "gpu_slots", default_value_t = GpuSim::DEFAULT.prefill_us_per_token,
+          value_parser = time)]
+    pub gpu_prefill_us_per_token: f64,
+    /// Simulated decode step of a lone sequence, in milliseconds.
+    #[arg(long, requires = "gpu_slots", default_value_t = GpuSim::DEFAULT.decode_ms,
+          value_parser = time)]
+    pub gpu_decode_ms: f64,
+    /// What each running sequence adds to a simulated decode step, in milliseconds.
+    #[arg(long, requires = "gpu_slots", default_value_t = GpuSim::DEFAULT.decode_ms_per_batch,
+          value_parser = time)]
+    pub gpu_decode_ms_per_batch: f64,
+    /// Tokens per simulated prefix-cache block (4 bytes of prompt text a token).
+    #[arg(long, requires = "gpu_slots", default_value_t = GpuSim::DEFAULT.prefix_block_tokens,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub gpu_prefix_block_tokens: u32,
     /// Do not record requests for GET /mock/requests.
     #[arg(long)]
     pub no_record: bool,
@@ -86,6 +118,15 @@ impl MockArgs {
             api_key: self.api_key,
             models: self.models,
             waiting: self.waiting,
+            kv_cache_usage: self.kv_cache_usage,
+            gpu: self.gpu_slots.map(|slots| GpuSim {
+                slots,
+                kv_tokens: self.gpu_kv_tokens,
+                prefill_us_per_token: self.gpu_prefill_us_per_token,
+                decode_ms: self.gpu_decode_ms,
+                decode_ms_per_batch: self.gpu_decode_ms_per_batch,
+                prefix_block_tokens: self.gpu_prefix_block_tokens,
+            }),
             record: !self.no_record,
         }
     }
@@ -120,6 +161,14 @@ fn error_status(s: &str) -> Result<u16, String> {
     check_error_status(s.parse().map_err(|e| format!("{e}"))?)
 }
 
+fn kv_cache_usage(s: &str) -> Result<f64, String> {
+    check_kv_cache_usage(s.parse().map_err(|e| format!("{e}"))?)
+}
+
+fn time(s: &str) -> Result<f64, String> {
+    check_time(s.parse().map_err(|e| format!("{e}"))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +198,63 @@ mod tests {
         assert_eq!(cfg.healthy, def.healthy);
         assert_eq!(cfg.models, def.models);
         assert_eq!(cfg.record, def.record);
+        assert_eq!(cfg.kv_cache_usage, None);
+        assert_eq!(cfg.gpu, None);
+    }
+
+    #[test]
+    fn gpu_flags_make_the_simulation() {
+        let cfg = parse(&["--gpu-slots", "4"]).unwrap().into_config();
+        assert_eq!(
+            cfg.gpu,
+            Some(GpuSim {
+                slots: 4,
+                ..GpuSim::DEFAULT
+            })
+        );
+        let cfg = parse(&[
+            "--gpu-slots",
+            "2",
+            "--gpu-kv-tokens",
+            "1000",
+            "--gpu-prefill-us-per-token",
+            "12.5",
+            "--gpu-decode-ms",
+            "20",
+            "--gpu-decode-ms-per-batch",
+            "1.5",
+            "--gpu-prefix-block-tokens",
+            "32",
+            "--kv-cache-usage",
+            "0.25",
+        ])
+        .unwrap()
+        .into_config();
+        assert_eq!(
+            cfg.gpu,
+            Some(GpuSim {
+                slots: 2,
+                kv_tokens: 1000,
+                prefill_us_per_token: 12.5,
+                decode_ms: 20.0,
+                decode_ms_per_batch: 1.5,
+                prefix_block_tokens: 32,
+            })
+        );
+        assert_eq!(cfg.kv_cache_usage, Some(0.25));
+        // The shape flags mean nothing without the slots that switch it on.
+        assert!(parse(&["--gpu-kv-tokens", "1000"]).is_err());
+        assert!(parse(&["--gpu-decode-ms", "5"]).is_err());
+        for bad in [
+            &["--gpu-slots", "0"][..],
+            &["--gpu-slots", "1", "--gpu-kv-tokens", "0"],
+            &["--gpu-slots", "1", "--gpu-prefix-block-tokens", "0"],
+            &["--gpu-slots", "1", "--gpu-decode-ms", "-1"],
+            &["--gpu-slots", "1", "--gpu-prefill-us-per-token", "inf"],
+            &["--kv-cache-usage", "1.5"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::gpu::GpuSim;
+
 /// Which provider the mock imitates. Every kind decides its own routes in
 /// `router::Endpoint::resolve`, so a new kind is a new variant plus its routes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -109,9 +111,19 @@ pub struct MockConfig {
     pub api_key: Option<String>,
     /// Served by `GET /v1/models`; the first also labels vLLM metrics.
     pub models: Vec<String>,
-    /// Reported as `vllm:num_requests_waiting`, and added to Triton's
-    /// `nv_inference_pending_request_count`.
+    /// Added to the waiting requests that metrics report (vLLM's
+    /// `vllm:num_requests_waiting`, Triton's pending and TensorRT-LLM
+    /// waiting counts), simulated GPU or not.
     pub waiting: u32,
+    /// When set, metrics report this KV-cache usage (0..=1) instead of
+    /// their own (`vllm:kv_cache_usage_perc`, TensorRT-LLM's
+    /// `kv_cache_block_type="fraction"`), simulated GPU or not.
+    pub kv_cache_usage: Option<f64>,
+    /// Simulate a GPU server: chat, completion and Triton generate requests
+    /// then queue for its batch slots and KV cache and take its prefill and
+    /// decode time instead of `latency_ms`, `ttft_ms` and `tokens_per_sec`;
+    /// vLLM and Triton metrics report its state.
+    pub gpu: Option<GpuSim>,
     /// Keep the last requests for `GET /mock/requests`.
     pub record: bool,
 }
@@ -133,6 +145,8 @@ impl Default for MockConfig {
             api_key: None,
             models: vec![DEFAULT_MODEL.to_owned()],
             waiting: 0,
+            kv_cache_usage: None,
+            gpu: None,
             record: true,
         }
     }
@@ -183,6 +197,15 @@ pub(crate) fn check_error_rate(v: f64) -> Result<f64, String> {
     }
 }
 
+/// A reported KV-cache usage: a fraction of the whole cache.
+pub(crate) fn check_kv_cache_usage(v: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction between 0 and 1"))
+    }
+}
+
 /// The status of injected errors: a client or server error.
 pub(crate) fn check_error_status(v: u16) -> Result<u16, String> {
     if (400..=599).contains(&v) {
@@ -227,6 +250,10 @@ mod tests {
         assert!(check_error_rate(1.0).is_ok());
         assert!(check_error_rate(1.5).is_err());
         assert!(check_error_rate(f64::NAN).is_err());
+        assert!(check_kv_cache_usage(0.0).is_ok());
+        assert!(check_kv_cache_usage(1.0).is_ok());
+        assert!(check_kv_cache_usage(1.01).is_err());
+        assert!(check_kv_cache_usage(f64::NAN).is_err());
         assert!(check_error_status(599).is_ok());
         assert!(check_error_status(200).is_err());
         assert!(check_error_status(600).is_err());

@@ -6,8 +6,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use crate::body::{json, MockResponse};
-use crate::config::{check_error_rate, check_error_status, check_tokens_per_sec, MockConfig};
+use crate::config::{
+    check_error_rate, check_error_status, check_kv_cache_usage, check_tokens_per_sec, MockConfig,
+};
 use crate::errors::invalid_param;
+use crate::gpu::GpuSim;
 use crate::state::Shared;
 
 /// A validated change to the adjustable fields of a [`MockConfig`];
@@ -27,6 +30,10 @@ pub(crate) struct ConfigPatch {
     drop_after_chunks: Option<Option<u32>>,
     /// `Some(None)` (JSON null) stops injecting in-stream errors.
     error_event_after_chunks: Option<Option<u32>>,
+    /// `Some(None)` (JSON null) reports the real KV-cache usage again.
+    kv_cache_usage: Option<Option<f64>>,
+    /// Replaces the whole simulation; `Some(None)` (JSON null) switches it off.
+    gpu: Option<Option<GpuSim>>,
 }
 
 /// Why a patch was rejected, and the field at fault when there is one.
@@ -48,7 +55,8 @@ impl PatchError {
 impl ConfigPatch {
     /// Parses a JSON object of any subset of the adjustable fields. Unknown
     /// fields, wrong types (null included, except for the `*_after_chunks`
-    /// limits) and out-of-range values reject the whole patch.
+    /// limits, `kv_cache_usage` and `gpu`) and out-of-range values reject
+    /// the whole patch. A `gpu` object's missing fields take their defaults.
     pub(crate) fn parse(body: &[u8]) -> Result<Self, PatchError> {
         let fields: Map<String, Value> = serde_json::from_slice(body).map_err(|e| PatchError {
             message: format!("The body must be a JSON object of config fields: {e}."),
@@ -75,6 +83,10 @@ impl ConfigPatch {
                 "error_event_after_chunks" => {
                     patch.error_event_after_chunks = Some(typed(name, value)?);
                 }
+                "kv_cache_usage" => {
+                    patch.kv_cache_usage = Some(nullable(name, value, check_kv_cache_usage)?);
+                }
+                "gpu" => patch.gpu = Some(nullable(name, value, GpuSim::check)?),
                 _ => {
                     return Err(PatchError::field(
                         name,
@@ -108,6 +120,8 @@ impl ConfigPatch {
             &mut next.error_event_after_chunks,
             self.error_event_after_chunks,
         );
+        set(&mut next.kv_cache_usage, self.kv_cache_usage);
+        set(&mut next.gpu, self.gpu);
         next
     }
 }
@@ -126,6 +140,18 @@ fn checked<T: DeserializeOwned>(
         .map_err(|e| PatchError::field(name, format!("Invalid value for '{name}': {e}.")))
 }
 
+/// A value to check, or null.
+fn nullable<T: DeserializeOwned>(
+    name: &str,
+    value: Value,
+    check: fn(T) -> Result<T, String>,
+) -> Result<Option<T>, PatchError> {
+    match value {
+        Value::Null => Ok(None),
+        value => checked(name, value, check).map(Some),
+    }
+}
+
 /// The adjustable fields, exactly the shape `POST` accepts, so a test can
 /// post back what it read.
 fn behaviour(cfg: &MockConfig) -> Value {
@@ -141,6 +167,8 @@ fn behaviour(cfg: &MockConfig) -> Value {
         "waiting": cfg.waiting,
         "drop_after_chunks": cfg.drop_after_chunks,
         "error_event_after_chunks": cfg.error_event_after_chunks,
+        "kv_cache_usage": cfg.kv_cache_usage,
+        "gpu": cfg.gpu,
     })
 }
 
@@ -176,7 +204,8 @@ mod tests {
             r#"{"latency_ms": 5, "ttft_ms": 6, "tokens_per_sec": 2.5, "completion_tokens": 3,
                 "error_rate": 1, "error_status": 503, "retry_after_secs": 9,
                 "healthy": false, "waiting": 4, "drop_after_chunks": 2,
-                "error_event_after_chunks": 7}"#,
+                "error_event_after_chunks": 7, "kv_cache_usage": 0.5,
+                "gpu": {"slots": 3, "decode_ms": 1.5}}"#,
         )
         .unwrap();
         assert_eq!(
@@ -193,17 +222,28 @@ mod tests {
                 waiting: Some(4),
                 drop_after_chunks: Some(Some(2)),
                 error_event_after_chunks: Some(Some(7)),
+                kv_cache_usage: Some(Some(0.5)),
+                gpu: Some(Some(GpuSim {
+                    slots: 3,
+                    decode_ms: 1.5,
+                    ..GpuSim::DEFAULT
+                })),
             }
         );
         assert_eq!(parse("{}").unwrap(), ConfigPatch::default());
     }
 
     #[test]
-    fn null_clears_the_chunk_limits_only() {
-        let patch =
-            parse(r#"{"drop_after_chunks": null, "error_event_after_chunks": null}"#).unwrap();
+    fn null_clears_the_optional_fields_only() {
+        let patch = parse(
+            r#"{"drop_after_chunks": null, "error_event_after_chunks": null,
+                "kv_cache_usage": null, "gpu": null}"#,
+        )
+        .unwrap();
         assert_eq!(patch.drop_after_chunks, Some(None));
         assert_eq!(patch.error_event_after_chunks, Some(None));
+        assert_eq!(patch.kv_cache_usage, Some(None));
+        assert_eq!(patch.gpu, Some(None));
         assert_eq!(
             blamed(r#"{"latency_ms": null}"#).as_deref(),
             Some("latency_ms")
@@ -235,6 +275,12 @@ mod tests {
             (r#"{"error_status": 200}"#, "error_status"),
             (r#"{"error_status": 600}"#, "error_status"),
             (r#"{"error_status": 70000}"#, "error_status"),
+            (r#"{"kv_cache_usage": 1.5}"#, "kv_cache_usage"),
+            (r#"{"kv_cache_usage": "full"}"#, "kv_cache_usage"),
+            (r#"{"gpu": {"slots": 0}}"#, "gpu"),
+            (r#"{"gpu": {"decode_ms": -1}}"#, "gpu"),
+            (r#"{"gpu": {"slot": 4}}"#, "gpu"),
+            (r#"{"gpu": 4}"#, "gpu"),
         ] {
             assert_eq!(blamed(body).as_deref(), Some(field), "{body}");
         }
@@ -261,6 +307,11 @@ mod tests {
             .unwrap()
             .apply(&after);
         assert_eq!(cleared.drop_after_chunks, None);
+
+        let simulated = parse(r#"{"gpu": {"slots": 2}}"#).unwrap().apply(&before);
+        assert_eq!(simulated.gpu.map(|g| g.slots), Some(2));
+        let off = parse(r#"{"gpu": null}"#).unwrap().apply(&simulated);
+        assert_eq!(off.gpu, None);
     }
 
     #[test]
@@ -269,6 +320,12 @@ mod tests {
             tokens_per_sec: 12.5,
             drop_after_chunks: Some(1),
             error_event_after_chunks: Some(4),
+            kv_cache_usage: Some(0.75),
+            gpu: Some(GpuSim {
+                slots: 5,
+                prefill_us_per_token: 0.5,
+                ..GpuSim::DEFAULT
+            }),
             ..MockConfig::default()
         };
         let shown = behaviour(&cfg);

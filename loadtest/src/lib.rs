@@ -5,7 +5,9 @@
 //! generate extension) with tunable latency, pacing, errors and dropped
 //! streams, and records what it received under `/mock/requests` and
 //! `/mock/stats`. `GET`/`POST /mock/config` read and change its behaviour
-//! while it runs.
+//! while it runs. A simulated GPU server ([`GpuSim`]) can pace generation
+//! and drive the vLLM and Triton metrics with a real queue, KV cache and
+//! prefix cache.
 
 mod anthropic;
 mod auth;
@@ -15,6 +17,7 @@ mod config;
 mod control;
 mod errors;
 mod gemini;
+mod gpu;
 mod openai;
 mod prompt;
 mod record;
@@ -28,4 +31,5 @@ mod vllm;
 
 pub use cli::{run_foreground, MockArgs};
 pub use config::{MockConfig, MockKind, UnknownKind, DEFAULT_MODEL};
+pub use gpu::GpuSim;
 pub use server::{bind, serve, spawn, MockHandle, MockServer};

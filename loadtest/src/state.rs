@@ -1,33 +1,77 @@
 //! State shared by every connection of one mock server.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::MockConfig;
 use crate::control::ConfigPatch;
+use crate::gpu::{Gpu, GpuLoad, PrefixStats};
 use crate::record::{Recorder, RECORD_CAPACITY};
 
 pub(crate) struct Shared {
     /// Replaced whole by `POST /mock/config`, so a request that took a
     /// snapshot never sees half of an update.
     cfg: ArcSwap<MockConfig>,
+    /// Held while an update is applied, so that updates land one at a time.
+    updating: Mutex<()>,
     pub(crate) recorder: Recorder,
     pub(crate) stats: Stats,
     /// Chat and completion requests being answered right now.
     running: AtomicU64,
+    /// The simulated GPU server, used while the config has `gpu`.
+    pub(crate) gpu: Arc<Gpu>,
+}
+
+/// KV-cache use each running request adds to the reported fraction when
+/// no GPU is simulated.
+const KV_CACHE_PER_REQUEST: f64 = 0.05;
+
+/// The load a metrics scrape reports, whichever the provider's format.
+pub(crate) struct Load {
+    /// Requests being generated: the simulated batch, or all in flight.
+    pub(crate) running: u64,
+    /// Requests queued for the simulated GPU, plus the configured `waiting`.
+    pub(crate) waiting: u64,
+    /// KV-cache use, 0..=1: `kv_cache_usage` when set, else the simulated
+    /// cache's, else [`KV_CACHE_PER_REQUEST`] per running request.
+    pub(crate) kv_usage: f64,
+    /// The simulated server, while the simulation is on.
+    pub(crate) gpu: Option<GpuLoad>,
+    /// Kept from whenever the simulation was on; zero if it never was.
+    pub(crate) prefix: PrefixStats,
 }
 
 impl Shared {
     pub(crate) fn new(cfg: MockConfig) -> Arc<Self> {
         Arc::new(Shared {
+            gpu: Gpu::new(cfg.gpu),
             cfg: ArcSwap::from_pointee(cfg),
+            updating: Mutex::new(()),
             recorder: Recorder::new(RECORD_CAPACITY),
             stats: Stats::default(),
             running: AtomicU64::new(0),
         })
+    }
+
+    /// What metrics report under `cfg`.
+    pub(crate) fn load(&self, cfg: &MockConfig) -> Load {
+        let gpu = self.gpu.load();
+        let (running, queued, kv_usage) = if cfg.gpu.is_some() {
+            (u64::from(gpu.running), gpu.waiting, gpu.kv_usage())
+        } else {
+            let running = self.running();
+            (running, 0, (running as f64 * KV_CACHE_PER_REQUEST).min(1.0))
+        };
+        Load {
+            running,
+            waiting: queued.saturating_add(u64::from(cfg.waiting)),
+            kv_usage: cfg.kv_cache_usage.unwrap_or(kv_usage),
+            gpu: cfg.gpu.map(|_| gpu),
+            prefix: gpu.prefix,
+        }
     }
 
     pub(crate) fn running(&self) -> u64 {
@@ -48,15 +92,15 @@ impl Shared {
     }
 
     /// Applies `patch` and returns the config it produced. Concurrent
-    /// updates both land: `rcu` retries on top of a config that changed.
+    /// updates both land, one after the other, so the GPU always ends up
+    /// with the newest config's limits.
     pub(crate) fn update(&self, patch: &ConfigPatch) -> Arc<MockConfig> {
-        let mut produced = None;
-        self.cfg.rcu(|current| {
-            let next = Arc::new(patch.apply(current));
-            produced = Some(Arc::clone(&next));
-            next
-        });
-        produced.expect("rcu runs its closure at least once")
+        let _one_at_a_time = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let next = Arc::new(patch.apply(&self.cfg.load()));
+        // The GPU first: a request that sees the new config finds its limits.
+        self.gpu.configure(next.gpu);
+        self.cfg.store(Arc::clone(&next));
+        next
     }
 }
 

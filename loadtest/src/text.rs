@@ -104,9 +104,15 @@ pub(crate) const TOOL_ARGS_PIECES: [&str; 5] = ["", "{\"locati", "on\": \"P", "a
 /// Output tokens the tool call's arguments count as.
 pub(crate) const TOOL_ARGS_TOKENS: u32 = TOOL_ARGS_PIECES.len() as u32;
 
+/// Bytes of text the mock counts as one token.
+pub(crate) const BYTES_PER_TOKEN: usize = 4;
+
 /// Prompt tokens: about four bytes of text per token, plus given token ids, at least 1.
 pub(crate) fn estimate_tokens(text_bytes: usize, token_ids: usize) -> u32 {
-    let total = text_bytes.div_ceil(4).saturating_add(token_ids).max(1);
+    let total = text_bytes
+        .div_ceil(BYTES_PER_TOKEN)
+        .saturating_add(token_ids)
+        .max(1);
     u32::try_from(total).unwrap_or(u32::MAX)
 }
 

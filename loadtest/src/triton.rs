@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::body::{full, json, sse_json, MockResponse};
 use crate::config::MockConfig;
 use crate::router::Endpoint;
-use crate::state::Shared;
-use crate::stream::{self, answer_delay, Plan, StreamFormat};
-use crate::text::{cap_tokens, completion_text, token_piece};
+use crate::state::{Load, Shared};
+use crate::stream::{self, Plan, StreamFormat};
+use crate::text::{cap_tokens, completion_text, estimate_tokens, token_piece};
 use crate::vllm::escape_label;
 
 pub(crate) fn route(path: &str) -> Option<Endpoint> {
@@ -80,9 +80,9 @@ pub(crate) async fn handle(
         Ok(req) => req,
         Err(e) => return invalid(&format!("failed to parse the request JSON buffer: {e}")),
     };
-    if req.text_input.is_none() {
+    let Some(text_input) = req.text_input else {
         return invalid("expected a 'text_input' input, got none");
-    }
+    };
     let limit = req.parameters.max_tokens.or(req.max_tokens);
     let (tokens, _) = cap_tokens(cfg.completion_tokens, limit);
     let outputs = Outputs {
@@ -90,10 +90,14 @@ pub(crate) async fn handle(
         model_version: target.version.unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
         model_name: target.model,
     };
+    let prompt_tokens = estimate_tokens(text_input.len(), 0);
+    let plan = Plan::generation(shared, cfg, tokens, prompt_tokens, || {
+        text_input.into_bytes()
+    });
     if stream {
-        return stream::start(shared, outputs, Plan::new(cfg, tokens), running);
+        return stream::start(shared, outputs, plan, running);
     }
-    answer_delay(cfg).await;
+    plan.whole_answer().await;
     json(StatusCode::OK, &outputs.output(&completion_text(tokens)))
 }
 
@@ -157,40 +161,133 @@ impl StreamFormat for Outputs {
     }
 }
 
-/// GPU utilization each running request adds to the reported fraction.
+/// GPU utilization each running request adds to the reported fraction
+/// when no GPU is simulated.
 const UTILIZATION_PER_REQUEST: f64 = 0.05;
 
 /// The GPU the mock pretends to run on, in Triton's `gpu_uuid` form.
 const GPU_UUID: &str = "GPU-00000000-0000-0000-0000-000000000000";
 
-/// Triton's gauges: requests answered now plus the configured `waiting`
-/// count as pending, and they drive the GPU utilization.
+/// GPU memory one simulated KV-cache token takes: a Llama-3-8B token in
+/// fp16 (32 layers, 8 KV heads of 128 dimensions, keys and values, 2 bytes).
+const KV_BYTES_PER_TOKEN: u64 = 32 * 8 * 128 * 2 * 2;
+
+/// Triton's numbers, as its `/metrics` shows them.
+#[derive(Debug, PartialEq)]
+struct Shown {
+    pending: u64,
+    utilization: f64,
+    /// KV-cache bytes used and in all, when a GPU is simulated.
+    memory: Option<(u64, u64)>,
+    /// TensorRT-LLM's active and waiting requests.
+    active: u64,
+    waiting: u64,
+    kv_fraction: f64,
+}
+
+impl Shown {
+    fn new(load: &Load) -> Self {
+        let (pending, utilization, memory) = match load.gpu {
+            // Triton counts as pending what has not started executing.
+            Some(gpu) => (
+                load.waiting,
+                gpu.slot_usage(),
+                gpu.sim.map(|sim| {
+                    let total = u64::from(sim.kv_tokens) * KV_BYTES_PER_TOKEN;
+                    (gpu.kv_used * KV_BYTES_PER_TOKEN, total)
+                }),
+            ),
+            // Without a simulation the mock has always counted requests in
+            // flight as pending, and made them the utilization.
+            None => (
+                load.running.saturating_add(load.waiting),
+                (load.running as f64 * UTILIZATION_PER_REQUEST).min(1.0),
+                None,
+            ),
+        };
+        Shown {
+            pending,
+            utilization,
+            memory,
+            active: load.running,
+            waiting: load.waiting,
+            kv_fraction: load.kv_usage,
+        }
+    }
+}
+
+/// Triton's server gauges and the TensorRT-LLM backend's, from the
+/// simulated GPU or the requests in flight (see `Shared::load`).
 pub(crate) fn metrics(shared: &Shared, cfg: &MockConfig) -> MockResponse {
-    let running = shared.running();
-    let pending = running.saturating_add(u64::from(cfg.waiting));
-    let utilization = (running as f64 * UTILIZATION_PER_REQUEST).min(1.0);
+    let shown = Shown::new(&shared.load(cfg));
     full(
         StatusCode::OK,
         "text/plain; charset=utf-8",
-        render(cfg.first_model(), pending, utilization).into_bytes(),
+        render(cfg.first_model(), &shown).into_bytes(),
     )
 }
 
-fn render(model: &str, pending: u64, utilization: f64) -> String {
+fn render(model: &str, shown: &Shown) -> String {
+    let model = escape_label(model);
+    let version = format!("version=\"{DEFAULT_VERSION}\"");
+    let gpu = format!("gpu_uuid=\"{GPU_UUID}\"");
     let mut out = String::new();
-    // prometheus-cpp prints plain numbers ("3", "0.05"), as Display does.
-    let _ = write!(
-        out,
-        "# HELP nv_inference_pending_request_count Instantaneous number of pending \
-         requests awaiting execution per-model.\n\
-         # TYPE nv_inference_pending_request_count gauge\n\
-         nv_inference_pending_request_count{{model=\"{}\",version=\"{DEFAULT_VERSION}\"}} {pending}\n\
-         # HELP nv_gpu_utilization GPU utilization rate [0.0 - 1.0)\n\
-         # TYPE nv_gpu_utilization gauge\n\
-         nv_gpu_utilization{{gpu_uuid=\"{GPU_UUID}\"}} {utilization}\n",
-        escape_label(model)
+    gauge(
+        &mut out,
+        "nv_inference_pending_request_count",
+        "Instantaneous number of pending requests awaiting execution per-model.",
+        &[(format!("model=\"{model}\",{version}"), shown.pending as f64)],
+    );
+    gauge(
+        &mut out,
+        "nv_gpu_utilization",
+        "GPU utilization rate [0.0 - 1.0)",
+        &[(gpu.clone(), shown.utilization)],
+    );
+    if let Some((used, total)) = shown.memory {
+        gauge(
+            &mut out,
+            "nv_gpu_memory_total_bytes",
+            "GPU total memory, in bytes",
+            &[(gpu.clone(), total as f64)],
+        );
+        gauge(
+            &mut out,
+            "nv_gpu_memory_used_bytes",
+            "GPU used memory, in bytes",
+            &[(gpu, used as f64)],
+        );
+    }
+    // prometheus-cpp sorts label names.
+    let request = |kind: &str| format!("model=\"{model}\",request_type=\"{kind}\",{version}");
+    gauge(
+        &mut out,
+        "nv_trt_llm_request_metrics",
+        "TRT LLM request metrics",
+        &[
+            (request("active"), shown.active as f64),
+            (request("waiting"), shown.waiting as f64),
+        ],
+    );
+    gauge(
+        &mut out,
+        "nv_trt_llm_kv_cache_block_metrics",
+        "TRT LLM KV cache block metrics",
+        &[(
+            format!("kv_cache_block_type=\"fraction\",model=\"{model}\",{version}"),
+            shown.kv_fraction,
+        )],
     );
     out
+}
+
+/// One gauge family; `samples` are label sets (inside the braces) and values.
+fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+    for (labels, value) in samples {
+        // prometheus-cpp prints plain numbers ("3", "0.05"), as Display does.
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
 }
 
 #[cfg(test)]
@@ -263,15 +360,74 @@ mod tests {
 
     #[test]
     fn renders_metrics() {
-        let text = render("m\"1", 3, 0.05);
+        let shown = Shown {
+            pending: 3,
+            utilization: 0.05,
+            memory: Some((131_072, 262_144)),
+            active: 1,
+            waiting: 2,
+            kv_fraction: 0.5,
+        };
+        let text = render("m\"1", &shown);
         for line in [
             "# TYPE nv_inference_pending_request_count gauge",
             "nv_inference_pending_request_count{model=\"m\\\"1\",version=\"1\"} 3",
             "# TYPE nv_gpu_utilization gauge",
             "nv_gpu_utilization{gpu_uuid=\"GPU-00000000-0000-0000-0000-000000000000\"} 0.05",
+            "nv_gpu_memory_total_bytes{gpu_uuid=\"GPU-00000000-0000-0000-0000-000000000000\"} 262144",
+            "nv_gpu_memory_used_bytes{gpu_uuid=\"GPU-00000000-0000-0000-0000-000000000000\"} 131072",
+            "# TYPE nv_trt_llm_request_metrics gauge",
+            "nv_trt_llm_request_metrics{model=\"m\\\"1\",request_type=\"active\",version=\"1\"} 1",
+            "nv_trt_llm_request_metrics{model=\"m\\\"1\",request_type=\"waiting\",version=\"1\"} 2",
+            "# TYPE nv_trt_llm_kv_cache_block_metrics gauge",
+            "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=\"fraction\",\
+             model=\"m\\\"1\",version=\"1\"} 0.5",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
-        assert!(render("m", 0, 0.0).contains("} 0\n"));
+        let idle = Shown {
+            pending: 0,
+            memory: None,
+            ..shown
+        };
+        let text = render("m", &idle);
+        assert!(text.contains("} 0\n"));
+        assert!(!text.contains("nv_gpu_memory"));
+    }
+
+    #[test]
+    fn shows_the_simulation_or_the_requests_in_flight() {
+        use crate::gpu::{GpuLoad, GpuSim, PrefixStats};
+        let in_flight = Load {
+            running: 2,
+            waiting: 3,
+            kv_usage: 0.1,
+            gpu: None,
+            prefix: PrefixStats::default(),
+        };
+        let shown = Shown::new(&in_flight);
+        assert_eq!((shown.pending, shown.active, shown.waiting), (5, 2, 3));
+        assert_eq!((shown.utilization, shown.memory), (0.1, None));
+
+        let sim = GpuSim {
+            slots: 4,
+            kv_tokens: 100,
+            ..GpuSim::DEFAULT
+        };
+        let simulated = Load {
+            gpu: Some(GpuLoad {
+                running: 2,
+                waiting: 1,
+                kv_used: 25,
+                sim: Some(sim),
+                prefix: PrefixStats::default(),
+            }),
+            ..in_flight
+        };
+        let shown = Shown::new(&simulated);
+        assert_eq!((shown.pending, shown.active, shown.waiting), (3, 2, 3));
+        assert_eq!(shown.utilization, 0.5);
+        assert_eq!(shown.memory, Some((25 * 131_072, 100 * 131_072)));
+        assert_eq!(shown.kv_fraction, 0.1);
     }
 }

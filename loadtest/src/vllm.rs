@@ -17,44 +17,89 @@ pub(crate) fn route(path: &str) -> Option<Endpoint> {
     }
 }
 
-/// KV-cache use each running request adds to the reported fraction.
-const KV_CACHE_PER_REQUEST: f64 = 0.05;
+/// A Prometheus metric family of one series.
+struct Series {
+    name: &'static str,
+    help: &'static str,
+    counter: bool,
+    value: f64,
+}
 
+impl Series {
+    fn gauge(name: &'static str, help: &'static str, value: f64) -> Self {
+        Series {
+            name,
+            help,
+            counter: false,
+            value,
+        }
+    }
+
+    fn counter(name: &'static str, help: &'static str, value: u64) -> Self {
+        Series {
+            name,
+            help,
+            counter: true,
+            value: value as f64,
+        }
+    }
+}
+
+/// vLLM's scheduler and cache gauges, and its prefix-cache counters, from
+/// the simulated GPU or the requests in flight (see `Shared::load`).
 pub(crate) fn metrics(shared: &Shared, cfg: &MockConfig) -> MockResponse {
-    let running = shared.running();
-    let gauges = [
-        (
+    let load = shared.load(cfg);
+    let series = [
+        Series::gauge(
             "vllm:num_requests_running",
             "Number of requests in model execution batches.",
-            running as f64,
+            load.running as f64,
         ),
-        (
+        Series::gauge(
             "vllm:num_requests_waiting",
             "Number of requests waiting to be processed.",
-            f64::from(cfg.waiting),
+            load.waiting as f64,
         ),
-        (
+        Series::gauge(
             "vllm:kv_cache_usage_perc",
             "KV-cache usage. 1 means 100 percent usage.",
-            (running as f64 * KV_CACHE_PER_REQUEST).min(1.0),
+            load.kv_usage,
+        ),
+        Series::counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            load.prefix.queries,
+        ),
+        Series::counter(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            load.prefix.hits,
         ),
     ];
     full(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        render(cfg.first_model(), &gauges).into_bytes(),
+        render(cfg.first_model(), &series).into_bytes(),
     )
 }
 
-fn render(model: &str, gauges: &[(&str, &str, f64)]) -> String {
+fn render(model: &str, series: &[Series]) -> String {
+    let model = escape_label(model);
     let mut out = String::new();
-    for (name, help, value) in gauges {
+    for s in series {
+        let name = s.name;
+        let (kind, suffix) = if s.counter {
+            // prometheus_client names a counter's sample `<name>_total`.
+            ("counter", "_total")
+        } else {
+            ("gauge", "")
+        };
         // Debug formatting prints floats as vLLM does ("3.0", not "3").
         let _ = write!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n\
-             {name}{{engine=\"0\",model_name=\"{}\"}} {value:?}\n",
-            escape_label(model)
+            "# HELP {name} {}\n# TYPE {name} {kind}\n\
+             {name}{suffix}{{engine=\"0\",model_name=\"{model}\"}} {:?}\n",
+            s.help, s.value
         );
     }
     out
@@ -73,15 +118,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_gauges() {
+    fn renders_gauges_and_counters() {
         let text = render(
             "m\"1",
-            &[("vllm:x", "An x.", 2.0), ("vllm:y", "A y.", 0.05)],
+            &[
+                Series::gauge("vllm:x", "An x.", 2.0),
+                Series::gauge("vllm:y", "A y.", 0.05),
+                Series::counter("vllm:z", "A z.", 7),
+            ],
         );
         assert_eq!(
             text,
             "# HELP vllm:x An x.\n# TYPE vllm:x gauge\nvllm:x{engine=\"0\",model_name=\"m\\\"1\"} 2.0\n\
-             # HELP vllm:y A y.\n# TYPE vllm:y gauge\nvllm:y{engine=\"0\",model_name=\"m\\\"1\"} 0.05\n"
+             # HELP vllm:y A y.\n# TYPE vllm:y gauge\nvllm:y{engine=\"0\",model_name=\"m\\\"1\"} 0.05\n\
+             # HELP vllm:z A z.\n# TYPE vllm:z counter\nvllm:z_total{engine=\"0\",model_name=\"m\\\"1\"} 7.0\n"
         );
     }
 }

@@ -6,12 +6,12 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde::Serialize;
 
-use super::request::CompletionRequest;
+use super::request::{CompletionRequest, Input};
 use super::{invalid_json, missing, stream_usage, unix_now, StreamUsage, Usage};
 use crate::body::{json, sse_json, MockResponse, SSE_DONE};
 use crate::config::MockConfig;
 use crate::state::{ReportedUsage, Shared};
-use crate::stream::{self, answer_delay, Plan, StreamFormat};
+use crate::stream::{self, Plan, StreamFormat};
 use crate::text::{cap_tokens, completion_text, estimate_tokens, new_id, token_piece, Finish};
 
 pub(crate) async fn handle(
@@ -44,10 +44,13 @@ pub(crate) async fn handle(
         finish,
         usage,
     };
+    let plan = Plan::generation(shared, cfg, tokens, prompt_tokens, || {
+        req.prompt.as_ref().map(Input::bytes).unwrap_or_default()
+    });
     if gen.stream {
-        return stream::start(shared, chunks, Plan::new(cfg, tokens), running);
+        return stream::start(shared, chunks, plan, running);
     }
-    answer_delay(cfg).await;
+    plan.whole_answer().await;
     shared.stats.report_usage(usage.reported());
     let text = completion_text(tokens);
     let choice = TextChoice {

@@ -66,6 +66,17 @@ pub(crate) struct Message {
     content: Option<Content>,
 }
 
+/// A conversation's text, every message's concatenated: what the
+/// simulated GPU's prefix cache sees of it.
+pub(crate) fn messages_text(messages: &[Message]) -> Vec<u8> {
+    messages
+        .iter()
+        .filter_map(|m| m.content.as_ref())
+        .flat_map(Content::texts)
+        .flat_map(str::bytes)
+        .collect()
+}
+
 /// Estimated prompt tokens of a conversation.
 pub(crate) fn messages_tokens(messages: &[Message]) -> u32 {
     let bytes = messages
@@ -138,6 +149,11 @@ impl Input {
         }
     }
 
+    /// Every item's content, concatenated.
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        self.items().iter().flat_map(Item::content).collect()
+    }
+
     pub(crate) fn tokens(&self) -> u32 {
         let (mut bytes, mut ids) = (0, 0);
         for item in self.items() {
@@ -165,6 +181,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(messages_tokens(req.messages.as_deref().unwrap()), 3);
+        assert_eq!(
+            messages_text(req.messages.as_deref().unwrap()),
+            b"123456781234"
+        );
         let gen = req.generation();
         assert_eq!(gen.token_limit, Some(4));
         assert!(!gen.stream);
@@ -181,6 +201,8 @@ mod tests {
         assert_eq!(parse("[1,2,3]").tokens(), 3);
         assert_eq!(parse("[[1,2],[3]]").items().len(), 2);
         assert_eq!(parse("[[1,2],[3]]").tokens(), 3);
+        assert_eq!(parse(r#"["ab","c"]"#).bytes(), b"abc");
+        assert_eq!(parse("[1,2]").bytes(), [1, 0, 0, 0, 2, 0, 0, 0]);
         assert!(serde_json::from_str::<Input>("{}").is_err());
     }
 }

@@ -5,6 +5,7 @@ mod binary;
 mod client;
 mod control;
 mod gemini;
+mod gpu;
 mod openai;
 mod streams;
 mod triton;
