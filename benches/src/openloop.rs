@@ -49,7 +49,7 @@ pub struct Outcome {
     pub total_us: Histogram<u64>,
     pub completed: u64,
     pub errors: u64,
-    /// From the first arrival to the last answer.
+    /// From the first measured arrival to the last answer.
     pub elapsed: Duration,
 }
 
@@ -96,11 +96,13 @@ async fn stream(client: &HttpClient, uri: &Uri, body: Bytes) -> Result<Sample, S
     })
 }
 
-/// Sends `bodies[i]` at `schedule[i]` and waits for every answer.
+/// Sends `bodies[i]` at `schedule[i]` and waits for every answer; only requests sent from
+/// `measure_from` on are measured (the ones before warm the servers' caches up).
 pub async fn run(
     client: &HttpClient,
     uri: &Uri,
     schedule: &[Duration],
+    measure_from: Duration,
     bodies: impl Fn(usize) -> Bytes,
 ) -> Outcome {
     let start = Instant::now();
@@ -108,8 +110,9 @@ pub async fn run(
     for (i, at) in schedule.iter().enumerate() {
         tokio::time::sleep_until(start + *at).await;
         let (client, uri, body) = (client.clone(), uri.clone(), bodies(i));
+        let measured = *at >= measure_from;
         tasks.push(tokio::spawn(async move {
-            timed(stream(&client, &uri, body)).await
+            (measured, timed(stream(&client, &uri, body)).await)
         }));
     }
     let mut outcome = Outcome {
@@ -121,7 +124,8 @@ pub async fn run(
     };
     for task in tasks {
         match task.await {
-            Ok(Ok(sample)) => {
+            Ok((false, _)) => {}
+            Ok((true, Ok(sample))) => {
                 let us = |d: Duration| (d.as_micros() as u64).clamp(1, MAX_US);
                 outcome.ttft_us.saturating_record(us(sample.ttft));
                 outcome.total_us.saturating_record(us(sample.total));
@@ -130,7 +134,7 @@ pub async fn run(
             _ => outcome.errors += 1,
         }
     }
-    outcome.elapsed = start.elapsed();
+    outcome.elapsed = start.elapsed().saturating_sub(measure_from);
     outcome
 }
 

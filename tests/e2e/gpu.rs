@@ -70,7 +70,14 @@ async fn spread(
     }
     let mut counts = Vec::new();
     for mock in mocks {
-        counts.push(mock.requests().await.len());
+        let requests = mock.requests().await;
+        counts.push(
+            requests
+                .iter()
+                // Generation only, whatever the kind's path: not the scrapes.
+                .filter(|r| r["method"] == "POST")
+                .count(),
+        );
     }
     counts
 }
@@ -79,10 +86,12 @@ async fn spread(
 async fn the_idle_vllm_replica_gets_the_traffic_and_it_follows_a_flip() {
     let busy = Mock::start(&["--kind", "vllm"]);
     let idle = Mock::start(&["--kind", "vllm"]);
-    busy.configure(json!({"waiting": 50})).await;
+    busy.configure(json!({"waiting": 50, "kv_cache_usage": 0.97}))
+        .await;
     let gw = gateway("vllm", &[&busy, &idle], "llama").await;
     let view = scraped(&gw, 2).await;
     assert_eq!(endpoint_load(&view, &busy)["waiting"], 50.0);
+    assert_eq!(endpoint_load(&view, &busy)["kv_cache"], 0.97);
     assert_eq!(endpoint_load(&view, &idle)["waiting"], 0.0);
     assert!(
         endpoint_load(&view, &busy)["score"].as_f64().unwrap()
@@ -93,8 +102,10 @@ async fn the_idle_vllm_replica_gets_the_traffic_and_it_follows_a_flip() {
     assert!(counts[1] >= 36, "{counts:?}");
 
     // Flip the gauges: within 2 s the traffic follows.
-    busy.configure(json!({"waiting": 0})).await;
-    idle.configure(json!({"waiting": 50})).await;
+    busy.configure(json!({"waiting": 0, "kv_cache_usage": null}))
+        .await;
+    idle.configure(json!({"waiting": 50, "kv_cache_usage": 0.97}))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counts = spread(&gw, &[&busy, &idle], 40, |_| chat_body("m", false)).await;
     assert!(counts[0] >= 36, "{counts:?}");
@@ -103,6 +114,16 @@ async fn the_idle_vllm_replica_gets_the_traffic_and_it_follows_a_flip() {
         metrics.contains("tollgate_endpoint_load_score{"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_kv_cache_alone_keeps_traffic_away() {
+    let full = Mock::start(&["--kind", "vllm", "--kv-cache-usage", "0.95"]);
+    let roomy = Mock::start(&["--kind", "vllm", "--kv-cache-usage", "0.2"]);
+    let gw = gateway("vllm", &[&full, &roomy], "llama").await;
+    scraped(&gw, 2).await;
+    let counts = spread(&gw, &[&full, &roomy], 20, |_| chat_body("m", false)).await;
+    assert_eq!(counts, [0, 20]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,4 +171,33 @@ async fn prompts_sharing_a_prefix_stay_on_one_replica_while_it_has_headroom() {
         counts[1]
     };
     assert_eq!(at_holder, 0, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_whose_metrics_cannot_be_read_never_looks_idle() {
+    let reporting = Mock::start(&["--kind", "vllm", "--waiting", "4"]);
+    let silent = Mock::start(&["--kind", "vllm"]);
+    // The second provider's metrics path does not exist: its load stays unknown.
+    let gw = Gateway::start(&format!(
+        "providers:\n  - {{ name: seen, kind: vllm, base_url: \"{}\", load_metrics: {{ every: 100ms }} }}\n  - {{ name: unseen, kind: vllm, base_url: \"{}\", load_metrics: {{ path: /no-metrics-here, every: 100ms }} }}\nmodels:\n  - name: m\n    strategy: gpu-aware\n    targets: [{{ provider: seen, model: llama }}, {{ provider: unseen, model: llama }}]\n",
+        reporting.url(),
+        silent.url()
+    ))
+    .await;
+    let ready = eventually(Duration::from_secs(5), || async {
+        let view: Value = reqwest::get(gw.admin_url("/admin/providers"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        view["providers"][0]["endpoints"][0]["load"]["waiting"] == 4.0
+            && view["providers"][1]["endpoints"][0]["load"].is_null()
+    })
+    .await;
+    assert!(ready);
+    // Taken for idle, the silent replica would win every request; taken for as busy as the
+    // busiest known one, it shares them.
+    let counts = spread(&gw, &[&reporting, &silent], 40, |_| chat_body("m", false)).await;
+    assert!(counts[1] <= 30 && counts[0] >= 10, "{counts:?}");
 }

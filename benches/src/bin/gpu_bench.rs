@@ -32,8 +32,11 @@ struct Cli {
     #[arg(long, default_value_t = 4, value_parser = value_parser!(u16).range(1..))]
     replicas: u16,
     /// Measured seconds of arrivals per strategy.
-    #[arg(long, default_value_t = 20, value_parser = value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 30, value_parser = value_parser!(u64).range(1..))]
     duration: u64,
+    /// Seconds of arrivals first, unmeasured, so that the servers' caches are warm.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
     /// Arrival rate as a fraction of the pool's estimated capacity.
     #[arg(long, default_value_t = 0.85)]
     load: f64,
@@ -213,17 +216,18 @@ fn run(cli: &Cli) -> Result<(), String> {
     let (tollgate, mock) = binaries()?;
     let capacity = SERVER.capacity() * f64::from(cli.replicas);
     let rate = capacity * cli.load;
-    let duration = Duration::from_secs(cli.duration);
-    let schedule = openloop::arrivals(rate, duration, cli.seed);
+    let warmup = Duration::from_secs(cli.warmup);
+    let schedule = openloop::arrivals(rate, warmup + Duration::from_secs(cli.duration), cli.seed);
     let bodies = bodies(cli.prefixes, cli.seed, schedule.len());
     println!(
-        "== {} simulated vLLM servers ({} slots, {} KV tokens), {} shared prompts of {PREFIX_TOKENS} tokens, {OUTPUT_TOKENS} output tokens | open loop at {:.0}% of ~{capacity:.0} req/s = {rate:.1} req/s for {} s, seed {} ==",
+        "== {} simulated vLLM servers ({} slots, {} KV tokens), {} shared prompts of {PREFIX_TOKENS} tokens, {OUTPUT_TOKENS} output tokens | open loop at {:.0}% of ~{capacity:.0} req/s = {rate:.1} req/s for {} s after {} s of warm-up, seed {} ==",
         cli.replicas,
         SERVER.slots,
         SERVER.kv_tokens,
         cli.prefixes,
         cli.load * 100.0,
         cli.duration,
+        cli.warmup,
         cli.seed
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -239,7 +243,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             .parse()
             .map_err(|e| format!("{e}"))?;
         let client = load::client(1024);
-        let outcome = runtime.block_on(openloop::run(&client, &uri, &schedule, |i| {
+        let outcome = runtime.block_on(openloop::run(&client, &uri, &schedule, warmup, |i| {
             bodies[i].clone()
         }));
         drop(procs);

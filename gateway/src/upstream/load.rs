@@ -2,7 +2,7 @@
 //! TensorRT-LLM names), kept with the endpoint, together with what this gateway sent it since
 //! and the prompt prefixes it served recently.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -169,30 +169,34 @@ impl LoadReport {
 /// Prefix blocks an endpoint remembers having served (each is one chained hash).
 const PREFIX_MEMORY: usize = 4096;
 
-/// Recently served prompt prefixes, as chained block hashes: bounded, oldest forgotten first.
+/// Recently served prompt prefixes, as chained block hashes: a bounded LRU. Each block keeps
+/// the time it was last served; past the bound, the least recently served quarter goes.
 #[derive(Default)]
 struct PrefixMemory {
-    known: HashSet<u64>,
-    order: VecDeque<u64>,
+    last_served: HashMap<u64, u64>,
+    clock: u64,
 }
 
 impl PrefixMemory {
     fn remember(&mut self, blocks: &[u64]) {
+        self.clock += 1;
         for &block in blocks {
-            if self.known.insert(block) {
-                self.order.push_back(block);
-            }
+            self.last_served.insert(block, self.clock);
         }
-        while self.order.len() > PREFIX_MEMORY {
-            if let Some(old) = self.order.pop_front() {
-                self.known.remove(&old);
-            }
+        if self.last_served.len() > PREFIX_MEMORY + PREFIX_MEMORY / 4 {
+            let mut stamps: Vec<u64> = self.last_served.values().copied().collect();
+            let cut = stamps.len() - PREFIX_MEMORY;
+            let (_, &mut oldest_kept, _) = stamps.select_nth_unstable(cut);
+            self.last_served.retain(|_, stamp| *stamp >= oldest_kept);
         }
     }
 
     /// How many leading blocks of `blocks` were served here.
     fn matched(&self, blocks: &[u64]) -> usize {
-        blocks.iter().take_while(|b| self.known.contains(b)).count()
+        blocks
+            .iter()
+            .take_while(|b| self.last_served.contains_key(b))
+            .count()
     }
 }
 
@@ -397,5 +401,18 @@ nv_gpu_memory_total_bytes{gpu_uuid="GPU-a"} 80000000000
         assert_eq!(state.prefix_match(&a), 4);
         assert_eq!(state.prefix_match(&shifted), 0);
         assert!(prefix_blocks("short").is_empty());
+    }
+
+    #[test]
+    fn prefix_memory_forgets_the_least_recently_served() {
+        let mut memory = PrefixMemory::default();
+        memory.remember(&[1, 2]);
+        for block in 100..100 + 2 * PREFIX_MEMORY as u64 {
+            // Block 1 keeps being served; block 2 never again.
+            memory.remember(&[1, block]);
+        }
+        assert!(memory.last_served.len() <= PREFIX_MEMORY + PREFIX_MEMORY / 4);
+        assert_eq!(memory.matched(&[1]), 1);
+        assert_eq!(memory.matched(&[2]), 0);
     }
 }
