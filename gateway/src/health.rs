@@ -2,6 +2,7 @@
 //! `every`, through pingora-load-balancing's `HttpHealthCheck`; thresholds flip its state.
 
 use crate::config::Runtime;
+use crate::periodic::per_endpoint;
 use crate::providers::HealthCheck;
 use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
@@ -10,9 +11,8 @@ use pingora::lb::health_check::{HealthCheck as _, HttpHealthCheck};
 use pingora::lb::Backend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the checker looks for endpoints that are due.
 const TICK: Duration = Duration::from_millis(100);
@@ -57,58 +57,34 @@ async fn probe(endpoint: &Endpoint, check: &HealthCheck) -> Result<(), String> {
 
 #[async_trait]
 impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Keyed by endpoint identity; an endpoint dropped by a reload falls out of the map.
-        let mut due: HashMap<usize, Instant> = HashMap::new();
-        let mut tick = tokio::time::interval(TICK);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        return;
-                    }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        per_endpoint(
+            &self.runtime,
+            shutdown,
+            TICK,
+            |provider| {
+                let check = provider.health_check.clone()?;
+                let every = check.every;
+                Some((check, every))
+            },
+            |endpoint, check, name| async move {
+                let result = probe(&endpoint, &check).await;
+                let flipped = endpoint.state.record_check(
+                    result.is_ok(),
+                    check.unhealthy_after,
+                    check.healthy_after,
+                );
+                match (flipped, result) {
+                    (Some(true), _) => log::info!("{name} ({}) is healthy again", endpoint.label),
+                    (Some(false), Err(e)) => log::warn!(
+                        "{name} ({}) is unhealthy: health check {}: {e}",
+                        endpoint.label,
+                        check.path
+                    ),
+                    _ => {}
                 }
-                _ = tick.tick() => {}
-            }
-            let runtime = self.runtime.load_full();
-            let now = Instant::now();
-            let mut live = HashMap::with_capacity(due.len());
-            for provider in &runtime.providers {
-                let Some(check) = &provider.health_check else {
-                    continue;
-                };
-                for endpoint in provider.pool.endpoints().iter() {
-                    let key = Arc::as_ptr(endpoint) as usize;
-                    let next = due.get(&key).copied().unwrap_or(now);
-                    if next > now {
-                        live.insert(key, next);
-                        continue;
-                    }
-                    live.insert(key, now + check.every);
-                    let (endpoint, check, name) =
-                        (endpoint.clone(), check.clone(), provider.name.clone());
-                    tokio::spawn(async move {
-                        let result = probe(&endpoint, &check).await;
-                        let flipped = endpoint.state.record_check(
-                            result.is_ok(),
-                            check.unhealthy_after,
-                            check.healthy_after,
-                        );
-                        match (flipped, result) {
-                            (Some(true), _) => {
-                                log::info!("{name} ({}) is healthy again", endpoint.label)
-                            }
-                            (Some(false), Err(e)) => log::warn!(
-                                "{name} ({}) is unhealthy: health check {}: {e}",
-                                endpoint.label,
-                                check.path
-                            ),
-                            _ => {}
-                        }
-                    });
-                }
-            }
-            due = live;
-        }
+            },
+        )
+        .await
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod health;
 pub mod metering;
 pub mod metrics;
+pub mod periodic;
 pub mod providers;
 pub mod proxy;
 pub mod router;

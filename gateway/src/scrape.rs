@@ -3,6 +3,7 @@
 //! endpoint for `gpu-aware` and `least-loaded` routing.
 
 use crate::config::Runtime;
+use crate::periodic::per_endpoint;
 use crate::providers::LoadMetrics;
 use crate::upstream::load::LoadReport;
 use crate::upstream::Endpoint;
@@ -14,7 +15,6 @@ use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,67 +111,41 @@ async fn scrape(
 
 #[async_trait]
 impl BackgroundService for LoadScraper {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Keyed by endpoint identity; an endpoint dropped by a reload falls out of the map.
-        let mut due: HashMap<usize, Instant> = HashMap::new();
-        let mut tick = tokio::time::interval(TICK);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        return;
-                    }
-                }
-                _ = tick.tick() => {}
-            }
-            let runtime = self.runtime.load_full();
-            let now = Instant::now();
-            let mut live = HashMap::with_capacity(due.len());
-            for provider in &runtime.providers {
-                let Some(metrics) = &provider.load_metrics else {
-                    continue;
-                };
-                for endpoint in provider.pool.endpoints().iter() {
-                    let key = Arc::as_ptr(endpoint) as usize;
-                    let next = due.get(&key).copied().unwrap_or(now);
-                    if next > now {
-                        live.insert(key, next);
-                        continue;
-                    }
-                    live.insert(key, now + metrics.every);
-                    let (endpoint, metrics, name, connector) = (
-                        endpoint.clone(),
-                        metrics.clone(),
-                        provider.name.clone(),
-                        self.connector.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let started = Instant::now();
-                        match scrape(&connector, &endpoint, &metrics).await {
-                            Ok(page) => match LoadReport::parse(&page) {
-                                Some(report) => endpoint.state.load.record(started, report),
-                                None => {
-                                    endpoint.state.load.forget();
-                                    log::debug!(
-                                        "{name} ({}): {} has no vLLM or Triton load metrics",
-                                        endpoint.label,
-                                        metrics.path
-                                    );
-                                }
-                            },
-                            Err(e) => {
-                                endpoint.state.load.forget();
-                                log::debug!(
-                                    "{name} ({}): load metrics {}: {e}",
-                                    endpoint.label,
-                                    metrics.path
-                                );
-                            }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        per_endpoint(
+            &self.runtime,
+            shutdown,
+            TICK,
+            |provider| {
+                let metrics = provider.load_metrics.clone()?;
+                let every = metrics.every;
+                Some((metrics, every))
+            },
+            |endpoint, metrics, name| {
+                let connector = self.connector.clone();
+                async move {
+                    let started = Instant::now();
+                    let report = scrape(&connector, &endpoint, &metrics)
+                        .await
+                        .and_then(|page| {
+                            LoadReport::parse(&page)
+                                .ok_or_else(|| "no vLLM or Triton load metrics".to_string())
+                        });
+                    match report {
+                        Ok(report) => endpoint.state.load.record(started, report),
+                        Err(e) => {
+                            // What was known is no longer true: unknown, never idle.
+                            endpoint.state.load.forget();
+                            log::debug!(
+                                "{name} ({}): load metrics {}: {e}",
+                                endpoint.label,
+                                metrics.path
+                            );
                         }
-                    });
+                    }
                 }
-            }
-            due = live;
-        }
+            },
+        )
+        .await
     }
 }

@@ -15,16 +15,21 @@ async fn gateway(kind: &str, mocks: &[&Mock], model: &str) -> Gateway {
     .await
 }
 
+/// `GET /admin/providers`.
+async fn providers(gw: &Gateway) -> Value {
+    reqwest::get(gw.admin_url("/admin/providers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Waits until the gateway has a fresh scrape of every endpoint; returns the admin view.
 async fn scraped(gw: &Gateway, endpoints: usize) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let view: Value = reqwest::get(gw.admin_url("/admin/providers"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = providers(gw).await;
         let loads = view["providers"][0]["endpoints"].as_array().unwrap();
         if loads.len() == endpoints && loads.iter().all(|e| e["load"].is_object()) {
             return view;
@@ -185,12 +190,7 @@ async fn a_replica_whose_metrics_cannot_be_read_never_looks_idle() {
     ))
     .await;
     let ready = eventually(Duration::from_secs(5), || async {
-        let view: Value = reqwest::get(gw.admin_url("/admin/providers"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = providers(&gw).await;
         view["providers"][0]["endpoints"][0]["load"]["waiting"] == 4.0
             && view["providers"][1]["endpoints"][0]["load"].is_null()
     })
