@@ -1,11 +1,12 @@
 //! Prometheus metrics (names and labels per the contract), in the gateway's own registry.
 
 use crate::config::Runtime;
+use crate::proxy::stages::{Stage, Stages};
 use crate::router::gpu::{load_score, Scoring};
 use crate::stats::LatencyStats;
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Instant;
 use tollgate_plugins::ledger::Ledger;
@@ -36,7 +37,14 @@ pub struct Metrics {
     endpoint_ewma: GaugeVec,
     endpoint_in_flight: IntGaugeVec,
     endpoint_load_score: GaugeVec,
+    /// One per stage, resolved once: the hot path indexes, never looks labels up.
+    stages: Vec<Histogram>,
 }
+
+/// Stage buckets from 1 µs to 100 ms: the gateway's own work is micro-seconds.
+const STAGE_BUCKETS: &[f64] = &[
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 1e-1,
+];
 
 /// Latency buckets from 1 ms to 5 min: AI calls span both ends.
 const DURATION_BUCKETS: &[f64] = &[
@@ -193,6 +201,19 @@ impl Metrics {
             &["provider", "endpoint"],
         )
         .expect("valid metric");
+        let stage_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_stage_duration_seconds",
+                "Time inside the gateway per stage of a request (upstream waiting excluded).",
+            )
+            .buckets(STAGE_BUCKETS.to_vec()),
+            &["stage"],
+        )
+        .expect("valid metric");
+        let stages = Stage::ALL
+            .iter()
+            .map(|s| stage_duration.with_label_values(&[s.name()]))
+            .collect();
         let endpoint_load_score = GaugeVec::new(
             Opts::new(
                 "tollgate_endpoint_load_score",
@@ -204,6 +225,7 @@ impl Metrics {
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(endpoint_load_score.clone()),
+            Box::new(stage_duration.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(fallbacks.clone()),
@@ -250,6 +272,14 @@ impl Metrics {
             endpoint_ewma,
             endpoint_in_flight,
             endpoint_load_score,
+            stages,
+        }
+    }
+
+    /// Observes each stage the request went through.
+    pub fn record_stages(&self, stages: &Stages) {
+        for (stage, time) in stages.spent() {
+            self.stages[stage as usize].observe(time.as_secs_f64());
         }
     }
 

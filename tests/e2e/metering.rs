@@ -3,6 +3,7 @@
 
 use crate::harness::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// The sum of a counter's samples whose labels include every one of `labels`.
 pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
@@ -76,8 +77,16 @@ async fn a_client_that_did_not_ask_for_usage_gets_none_yet_is_metered() {
     assert_eq!(usage_chunks.len(), 1, "{told}");
     assert_eq!(usage_chunks[0]["usage"]["completion_tokens"], 7);
 
+    // Both requests settle (mock and gateway) just after their last byte reached us.
+    let settled = eventually(Duration::from_secs(5), || async {
+        mock.stats().await["usage"]["answers"] == 2
+            && gw.metrics().await.contains(
+                "tollgate_time_to_first_token_seconds_count{model=\"support\",provider=\"up\"} 2",
+            )
+    })
+    .await;
+    assert!(settled);
     let reported = mock.stats().await["usage"].clone();
-    assert_eq!(reported["answers"], 2);
     let metrics = gw.metrics().await;
     let tokens = |direction: &str| {
         metric_sum(
@@ -95,4 +104,21 @@ async fn a_client_that_did_not_ask_for_usage_gets_none_yet_is_metered() {
     assert!(metrics.contains(
         "tollgate_time_to_first_token_seconds_count{model=\"support\",provider=\"up\"} 2"
     ));
+    // Where the gateway's own time went, per stage, for both requests.
+    for stage in [
+        "auth",
+        "parse",
+        "admission",
+        "routing",
+        "translate",
+        "meter",
+        "log",
+    ] {
+        let count = metric_sum(
+            &metrics,
+            "tollgate_stage_duration_seconds_count",
+            &[&format!("stage=\"{stage}\"")],
+        );
+        assert_eq!(count, 2.0, "{stage}");
+    }
 }

@@ -6,6 +6,7 @@ mod quota;
 mod relay;
 pub mod request;
 mod respond;
+pub mod stages;
 mod upstream_call;
 
 use crate::catalog::{ModelFacts, Tokenizer};
@@ -27,6 +28,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use relay::Translation;
 use request::{RequestHead, UsageReports};
 use serde_json::json;
+use stages::{Stage, Stages};
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -120,6 +122,8 @@ pub struct RequestCtx {
     grants: Vec<Grant>,
     /// `x-ratelimit-*` for the response.
     rate_headers: Vec<(&'static str, String)>,
+    /// Time inside the gateway, per stage.
+    stages: Stages,
 }
 
 impl RequestCtx {
@@ -157,6 +161,7 @@ impl ProxyHttp for Gateway {
             usage: None,
             grants: Vec::new(),
             rate_headers: Vec::new(),
+            stages: Stages::default(),
         }
     }
 
@@ -227,50 +232,22 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let metering = Instant::now();
         let metered = ctx.usage.as_ref().map(|counter| {
             let tokenizer = ctx.facts.map_or(Tokenizer::Cl100k, |f| f.tokenizer);
             let (usage, estimated) = counter.settle(&ctx.body, tokenizer);
             metering::metered(usage, estimated, ctx.facts.and_then(|f| f.prices))
         });
-        if let Some(runtime) = &ctx.runtime {
-            let req = session.req_header();
-            let settlement = Settlement {
-                request_id: &ctx.request_id,
-                started_at: ctx.started_at,
-                method: req.method.as_str(),
-                path: req.uri.path(),
-                key_id: ctx.key_id.as_deref(),
-                team: ctx.team.as_deref(),
-                project: ctx.project.as_deref(),
-                tags: ctx.tags.as_deref(),
-                model: ctx.model.as_deref(),
-                provider: ctx.provider.as_deref(),
-                upstream_model: ctx.upstream_model.as_deref(),
-                status,
-                attempts: ctx.attempts,
-                duration: ctx.started.elapsed(),
-                time_to_first_token: ctx.time_to_first_token,
-                overhead: ctx.overhead(),
-                cache: "off",
-                metered,
-            };
-            for plugin in &runtime.plugins {
-                plugin.settle(&settlement);
-            }
-            if let Some(ledger) = &self.ledger {
-                ledger.settle(&settlement);
-            }
+        if metered.is_some() {
+            ctx.stages.add(Stage::Meter, metering.elapsed());
         }
+        let logging = Instant::now();
         let model = ctx.model.as_deref().unwrap_or("");
         let provider = ctx.provider.as_deref().unwrap_or("");
+        // Metrics first: whatever reads the ledger finds them up to date.
         if let Some(m) = metered {
             let team = ctx.team.as_deref().unwrap_or("");
             self.metrics.record_usage(model, provider, team, &m);
-        }
-        for grant in ctx.grants.drain(..) {
-            self.limiter
-                .settle(grant, quota::actual(metered), SystemTime::now())
-                .await;
         }
         if let Some(ttft) = ctx.time_to_first_token {
             self.metrics
@@ -292,6 +269,43 @@ impl ProxyHttp for Gateway {
                 .latency
                 .record(model, provider, duration, ctx.time_to_first_token);
         }
+        if let Some(runtime) = &ctx.runtime {
+            let req = session.req_header();
+            let settlement = Settlement {
+                request_id: &ctx.request_id,
+                started_at: ctx.started_at,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                key_id: ctx.key_id.as_deref(),
+                team: ctx.team.as_deref(),
+                project: ctx.project.as_deref(),
+                tags: ctx.tags.as_deref(),
+                model: ctx.model.as_deref(),
+                provider: ctx.provider.as_deref(),
+                upstream_model: ctx.upstream_model.as_deref(),
+                status,
+                attempts: ctx.attempts,
+                duration,
+                time_to_first_token: ctx.time_to_first_token,
+                overhead: ctx.overhead(),
+                cache: "off",
+                metered,
+            };
+            for plugin in &runtime.plugins {
+                plugin.settle(&settlement);
+            }
+            if let Some(ledger) = &self.ledger {
+                ledger.settle(&settlement);
+            }
+            ctx.stages.add(Stage::Log, logging.elapsed());
+        }
+        self.metrics.record_stages(&ctx.stages);
+        // Reconciling limits may wait on Redis: after the gateway's own accounting.
+        for grant in ctx.grants.drain(..) {
+            self.limiter
+                .settle(grant, quota::actual(metered), SystemTime::now())
+                .await;
+        }
         // Last: a graceful shutdown closes the ledger once nothing is in flight.
         self.metrics.in_flight.dec();
     }
@@ -311,7 +325,7 @@ impl Gateway {
                 return Err(GatewayError::MethodNotAllowed { method, path });
             }
             ctx.client = ClientFormat::for_op(op);
-            let key = authenticate(session, rt)?;
+            let key = ctx.stages.time(Stage::Auth, || authenticate(session, rt))?;
             if let Some(key) = &key {
                 ctx.key_id = Some(key.id.clone());
                 ctx.team = key.team.clone();
@@ -349,7 +363,9 @@ impl Gateway {
         op: Operation,
     ) -> std::result::Result<(), GatewayError> {
         let body = read_body(session, rt.server.max_body_bytes).await?;
-        let mut head = RequestHead::parse(&body)?;
+        let mut head = ctx
+            .stages
+            .time(Stage::Parse, || RequestHead::parse(&body))?;
         ctx.model = Some(head.model.clone());
         let model = rt
             .model(&head.model)
@@ -360,6 +376,7 @@ impl Gateway {
             }
         }
 
+        let admission_started = Instant::now();
         let subjects = quota::subjects(rt, key.as_deref());
         if !subjects.is_empty() {
             let quotas: Vec<&Quota> = subjects.iter().map(|s| s.quota).collect();
@@ -377,6 +394,8 @@ impl Gateway {
         }
 
         let admitted = admission::admit(session, rt, model, key.as_deref(), op, body)?;
+        ctx.stages
+            .add(Stage::Admission, admission_started.elapsed());
         let body = admitted.body;
         ctx.body = body.clone();
         if admitted.truncated.is_some() {
@@ -397,7 +416,10 @@ impl Gateway {
         // Targets passed over because their provider's own quota is spent.
         let mut over_quota: Vec<Refusal> = Vec::new();
         while ctx.attempts < model.retry.attempts {
-            let Some(Pick { target, endpoint }) = planner.next(Instant::now()) else {
+            let routed = Instant::now();
+            let next = planner.next(routed);
+            ctx.stages.add(Stage::Routing, routed.elapsed());
+            let Some(Pick { target, endpoint }) = next else {
                 break;
             };
             let provider_grant = match quota::provider_subject(&target.provider) {
@@ -505,6 +527,7 @@ impl Gateway {
         let client = ClientFormat::for_op(op);
         let kind = target.provider.kind;
         let (usage_reports, usage_shown) = usage_reports(head, kind, op);
+        let translating = Instant::now();
         let (upstream_body, translation) = if client.native_to(kind) {
             (
                 head.body_for(body, &target.model, usage_reports),
@@ -525,6 +548,8 @@ impl Gateway {
                 },
             )
         };
+        // Preparing a passthrough body (the model name swapped in) counts too.
+        ctx.stages.add(Stage::Translate, translating.elapsed());
         // A Messages request reaches OpenAI-style providers as a chat completion.
         let upstream_op = match op {
             Operation::Messages if target.provider.kind.speaks_openai() => {

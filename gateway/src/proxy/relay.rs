@@ -2,6 +2,7 @@
 //! a client that leaves cancels the upstream call, and a stream that breaks midway ends with
 //! one error event.
 
+use super::stages::Stage;
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
 use crate::error::GatewayError;
@@ -163,6 +164,14 @@ impl BodyFilter {
                 data
             }
             BodyFilter::Transcode(t) => t.chunk(&data),
+        }
+    }
+
+    /// The stage its work counts to.
+    fn stage(&self) -> Stage {
+        match self {
+            BodyFilter::Transcode(_) => Stage::Translate,
+            _ => Stage::Meter,
         }
     }
 
@@ -338,7 +347,10 @@ async fn relay_body(
                 )),
             ),
         };
-        if let Some(data) = data.map(|d| filter.chunk(d)).filter(|d| !d.is_empty()) {
+        let filtering = Instant::now();
+        let data = data.map(|d| filter.chunk(d));
+        ctx.stages.add(filter.stage(), filtering.elapsed());
+        if let Some(data) = data.filter(|d| !d.is_empty()) {
             if session
                 .write_response_body(Some(data), false)
                 .await
