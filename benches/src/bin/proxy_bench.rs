@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{value_parser, Parser, ValueEnum};
 use http::Uri;
 use serde_json::{json, Map};
-use tollgate_benches::load::{self, Spec};
+use tollgate_benches::load::{self, Spec, BENCH_KEY};
 use tollgate_benches::procs::{accepts_tcp, find_listen_addr, free_port, get_is_ok, Procs};
 use tollgate_benches::report::{Comparison, Row};
 use tollgate_benches::scenario::Scenario;
@@ -185,9 +185,10 @@ fn start(
 
     let (gateway, admin) = (local(free_port()?), local(free_port()?));
     let config = procs.dir().join("tollgate.yaml");
+    let ledger = procs.dir().join("usage.db");
     fs::write(
         &config,
-        tollgate_config(gateway, admin, direct, cli.threads),
+        tollgate_config(gateway, admin, direct, cli.threads, &ledger),
     )
     .map_err(|e| format!("writing {}: {e}", config.display()))?;
     let config = config
@@ -209,11 +210,15 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Tollgate with everything on, as a platform team runs it: a virtual key with rate limits
+/// and a budget (both far above what the run uses, so every request does the full admission
+/// and settle), its team's limits, metering, the SQLite ledger and metrics.
 fn tollgate_config(
     listen: SocketAddr,
     admin: SocketAddr,
     mock: SocketAddr,
     threads: u16,
+    ledger: &Path,
 ) -> String {
     format!(
         "server:
@@ -225,7 +230,14 @@ providers:
 models:
   - name: {PUBLIC_MODEL}
     targets: [{{ provider: mock, model: {PROVIDER_MODEL} }}]
-"
+keys:
+  - {{ id: bench, key: {BENCH_KEY}, team: bench, limits: {{ rpm: 1000000000, tpm: 1000000000000 }}, budget: {{ usd_per_day: 1000000000 }} }}
+teams:
+  bench: {{ limits: {{ rpm: 1000000000 }}, budget: {{ usd_per_month: 1000000000 }} }}
+plugins:
+  ledger: {{ path: \"{}\" }}
+",
+        ledger.display()
     )
 }
 

@@ -380,7 +380,7 @@ impl Gateway {
         let subjects = quota::subjects(rt, key.as_deref());
         if !subjects.is_empty() {
             let quotas: Vec<&Quota> = subjects.iter().map(|s| s.quota).collect();
-            let demand = quota::demand(&quotas, model, op, &body);
+            let demand = quota::demand(&quotas, model, op, body.len(), head.max_output);
             let grant = self
                 .limiter
                 .admit(&subjects, demand, SystemTime::now())
@@ -425,7 +425,8 @@ impl Gateway {
             let provider_grant = match quota::provider_subject(&target.provider) {
                 None => None,
                 Some(subject) => {
-                    let demand = quota::demand(&[subject.quota], model, op, &body);
+                    let demand =
+                        quota::demand(&[subject.quota], model, op, body.len(), head.max_output);
                     match self
                         .limiter
                         .admit(&[subject], demand, SystemTime::now())

@@ -2,13 +2,11 @@
 //! attempt (for its key and team) or before each attempt (for the provider's own quota),
 //! and reconciled with what it really used once it ends.
 
-use crate::catalog::Tokenizer;
 use crate::config::runtime::{Key, Model};
 use crate::config::Runtime;
 use crate::metering;
 use crate::providers::chat::Usage;
 use crate::providers::{Operation, Provider};
-use crate::tokens::PromptSize;
 use tollgate_plugins::limits::{Demand, Quota, Scope, Subject};
 
 /// Output tokens reserved for a request that sets no `max_tokens`; settle gives back what
@@ -51,10 +49,17 @@ pub fn provider_subject(provider: &Provider) -> Option<Subject<'_>> {
     })
 }
 
-/// What to reserve for one request: its prompt counted (only when a token limit needs the
-/// count; a byte estimate prices a budget) plus its output cap, priced at the dearest of
-/// the model's targets.
-pub fn demand(quotas: &[&Quota], model: &Model, op: Operation, body: &[u8]) -> Demand {
+/// What to reserve for one request: its prompt, estimated from the body's length (about four
+/// bytes a token, as OpenAI's own rate limiter estimates from characters; settle corrects it,
+/// and no parse or tokenizer pass is spent on a 1 MiB prompt), plus its output cap, priced
+/// at the dearest of the model's targets.
+pub fn demand(
+    quotas: &[&Quota],
+    model: &Model,
+    op: Operation,
+    body_len: usize,
+    max_output: Option<u64>,
+) -> Demand {
     let needs_tokens = quotas.iter().any(|q| q.tpm.is_some());
     let needs_usd = quotas
         .iter()
@@ -62,20 +67,10 @@ pub fn demand(quotas: &[&Quota], model: &Model, op: Operation, body: &[u8]) -> D
     if !needs_tokens && !needs_usd {
         return Demand::default();
     }
-    let tokenizer = model.targets[0]
-        .facts
-        .map_or(Tokenizer::Cl100k, |f| f.tokenizer);
-    let prompt = PromptSize::from_body(body);
-    let input = match &prompt {
-        Some(p) if needs_tokens => p.exact(tokenizer),
-        Some(p) => p.estimate(),
-        // Embeddings: no messages to count; a BPE token covers at least one byte.
-        None => body.len() as u64,
-    };
-    let output = match (op, &prompt) {
-        (Operation::Embeddings, _) => 0,
-        (_, Some(p)) if p.requested_output > 0 => p.requested_output,
-        _ => DEFAULT_OUTPUT_RESERVATION,
+    let input = body_len as u64 / 4;
+    let output = match op {
+        Operation::Embeddings => 0,
+        _ => max_output.unwrap_or(DEFAULT_OUTPUT_RESERVATION),
     };
     let usage = Usage {
         input,

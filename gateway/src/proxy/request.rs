@@ -22,6 +22,8 @@ pub struct RequestHead {
     pub continuous_usage: bool,
     /// Byte range of the `stream_options` value, when there is one.
     stream_options_span: Option<Range<usize>>,
+    /// The output cap the request sets (`max_completion_tokens`, else `max_tokens`).
+    pub max_output: Option<u64>,
 }
 
 /// Which usage a stream should report when the gateway asks for it.
@@ -41,6 +43,8 @@ struct Fields<'a> {
     stream: Option<bool>,
     #[serde(borrow)]
     stream_options: Option<&'a RawValue>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +101,7 @@ impl RequestHead {
             continuous_usage: include_usage
                 && options.is_some_and(|o| o.continuous_usage_stats == Some(true)),
             stream_options_span: fields.stream_options.map(|raw| span_in(body, raw)),
+            max_output: fields.max_completion_tokens.or(fields.max_tokens),
         })
     }
 
