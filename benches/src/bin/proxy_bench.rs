@@ -284,8 +284,18 @@ mod tests {
 
     #[test]
     fn config_routes_the_public_model_to_the_mock() {
-        let yaml = tollgate_config(local(8080), local(9090), local(7070), 2);
+        let yaml = tollgate_config(
+            local(8080),
+            local(9090),
+            local(7070),
+            2,
+            Path::new("/tmp/u.db"),
+        );
         assert!(yaml.contains("listen: [\"127.0.0.1:8080\"]"), "{yaml}");
+        // Everything on: the key the load sends, its limits and budget, the ledger.
+        assert!(yaml.contains(&format!("key: {BENCH_KEY}")));
+        assert!(yaml.contains("limits:") && yaml.contains("budget:"));
+        assert!(yaml.contains("ledger: { path: \"/tmp/u.db\" }"));
         assert!(yaml.contains("admin_listen: \"127.0.0.1:9090\""));
         assert!(yaml.contains("threads: 2"));
         assert!(yaml.contains("base_url: \"http://127.0.0.1:7070\""));
