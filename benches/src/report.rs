@@ -14,6 +14,7 @@ pub struct Row {
     pub p50_us: Option<u64>,
     pub p90_us: Option<u64>,
     pub p99_us: Option<u64>,
+    pub p999_us: Option<u64>,
     pub errors: u64,
 }
 
@@ -26,6 +27,7 @@ impl Row {
             p50_us: pct(0.5),
             p90_us: pct(0.9),
             p99_us: pct(0.99),
+            p999_us: pct(0.999),
             errors: outcome.errors,
         }
     }
@@ -36,6 +38,7 @@ impl Row {
             "p50_ms": self.p50_us.map(|us| round3(us as f64 / 1000.0)),
             "p90_ms": self.p90_us.map(|us| round3(us as f64 / 1000.0)),
             "p99_ms": self.p99_us.map(|us| round3(us as f64 / 1000.0)),
+            "p99.9_ms": self.p999_us.map(|us| round3(us as f64 / 1000.0)),
             "errors": self.errors,
         })
     }
@@ -51,17 +54,18 @@ pub struct Comparison {
 impl Comparison {
     pub fn table(&self, heading: &str) -> String {
         let mut out = format!(
-            "{heading}\n{:<10} {:>11} {:>10} {:>10} {:>10} {:>8}\n",
-            "path", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors"
+            "{heading}\n{:<10} {:>11} {:>10} {:>10} {:>10} {:>10} {:>8}\n",
+            "path", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors"
         );
         for (name, row) in self.named() {
             let _ = writeln!(
                 out,
-                "{name:<10} {:>11.1} {:>10} {:>10} {:>10} {:>8}",
+                "{name:<10} {:>11.1} {:>10} {:>10} {:>10} {:>10} {:>8}",
                 row.rps,
                 ms(row.p50_us),
                 ms(row.p90_us),
                 ms(row.p99_us),
+                ms(row.p999_us),
                 row.errors
             );
         }
@@ -159,6 +163,7 @@ mod tests {
             p50_us: Some(p50),
             p90_us: Some((p50 + p99) / 2),
             p99_us: Some(p99),
+            p999_us: Some(p99 * 2),
             errors: 0,
         }
     }
@@ -183,6 +188,7 @@ mod tests {
         assert_eq!(row.p50_us, Some(500));
         assert_eq!(row.p90_us, Some(900));
         assert_eq!(row.p99_us, Some(990));
+        assert_eq!(row.p999_us, Some(999));
         assert_eq!(row.errors, 3);
     }
 
@@ -205,7 +211,7 @@ mod tests {
     fn table_shows_rows_ratios_and_added_latency() {
         let table = sample().table("small");
         assert!(table.contains("direct"), "{table}");
-        assert!(table.contains("    20000.0      0.500      0.750      1.000        0"));
+        assert!(table.contains("    20000.0      0.500      0.750      1.000      2.000        0"));
         assert!(table.contains("tollgate/direct  rps 0.40x  p50 2.50x  p99 3.00x"));
         assert!(table.contains("tollgate/bare    rps 0.80x  p50 1.25x  p99 1.50x"));
         assert!(table.contains("tollgate p50 added over bare: +250 µs"));
@@ -215,6 +221,7 @@ mod tests {
     fn json_summary_has_every_number() {
         let v = sample().json();
         assert_eq!(v["tollgate"]["p50_ms"], 1.25);
+        assert_eq!(v["tollgate"]["p99.9_ms"], 6.0);
         assert_eq!(v["bare"]["rps"], 10_000.0);
         assert_eq!(v["tollgate_over_bare"]["p99"], 1.5);
         assert_eq!(v["tollgate_over_direct"]["rps"], 0.4);
