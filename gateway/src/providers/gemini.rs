@@ -358,12 +358,9 @@ impl StreamParser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::secret::Secret;
+    use crate::providers::fixtures::{self, header};
     use crate::providers::openai_format::parse_request;
-    use crate::providers::{ProviderKind, Timeouts};
-    use crate::upstream::Pool;
-    use std::sync::Arc;
-    use std::time::Duration;
+    use crate::providers::ProviderKind;
 
     fn request(openai: Value) -> ChatRequest {
         parse_request(&serde_json::to_vec(&openai).unwrap()).unwrap()
@@ -371,33 +368,12 @@ mod tests {
 
     #[test]
     fn header_has_path_key_and_host() {
-        let endpoint = Arc::new(
-            Endpoint::parse(
-                "https://generativelanguage.googleapis.com",
-                Duration::from_secs(1),
-                Duration::from_secs(10),
-            )
-            .unwrap(),
+        // The adapter ignores the kind; any will do for building the header.
+        let (provider, endpoint) = fixtures::provider(
+            ProviderKind::Anthropic,
+            "https://generativelanguage.googleapis.com",
+            Some("AIza-key"),
         );
-        let provider = Provider {
-            load_metrics: None,
-            quota: None,
-            name: "g".into(),
-            // The adapter ignores the kind; any will do for building the header.
-            kind: ProviderKind::Anthropic,
-            pool: Arc::new(Pool::fixed(vec![endpoint.clone()])),
-            api_key: Some(Secret::new("AIza-key".into())),
-            api_version: None,
-            region: None,
-            timeouts: Timeouts::default(),
-            outlier: Default::default(),
-            health_check: None,
-        };
-        let header = |req: &RequestHeader, name: &str| {
-            req.headers
-                .get(name)
-                .map(|v| v.to_str().unwrap().to_string())
-        };
         let req = request_header(&provider, &endpoint, "gemini-2.5-flash", false, 42).unwrap();
         assert_eq!(
             req.uri.to_string(),

@@ -349,3 +349,46 @@ impl Operation {
         }
     }
 }
+
+/// Fixtures for the adapters' header tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Provider, ProviderKind, Timeouts};
+    use crate::config::secret::Secret;
+    use crate::upstream::{Endpoint, Pool};
+    use pingora::http::RequestHeader;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A provider of `kind` with one endpoint at `base`, holding `key`.
+    pub fn provider(
+        kind: ProviderKind,
+        base: &str,
+        key: Option<&str>,
+    ) -> (Provider, Arc<Endpoint>) {
+        let endpoint = Arc::new(
+            Endpoint::parse(base, Duration::from_secs(1), Duration::from_secs(10)).unwrap(),
+        );
+        let provider = Provider {
+            name: "p".into(),
+            kind,
+            quota: None,
+            pool: Arc::new(Pool::fixed(vec![endpoint.clone()])),
+            api_key: key.map(|k| Secret::new(k.into())),
+            api_version: None,
+            region: None,
+            timeouts: Timeouts::default(),
+            outlier: Default::default(),
+            health_check: None,
+            load_metrics: None,
+        };
+        (provider, endpoint)
+    }
+
+    /// A request header's value as text.
+    pub fn header(req: &RequestHeader, name: &str) -> Option<String> {
+        req.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+}

@@ -56,36 +56,11 @@ fn upstream_path(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::secret::Secret;
-    use crate::providers::Timeouts;
-    use crate::upstream::Pool;
+    use crate::providers::fixtures::{self, header};
     use std::sync::Arc;
-    use std::time::Duration;
 
     fn provider(kind: ProviderKind, base: &str) -> (Provider, Arc<Endpoint>) {
-        let endpoint = Arc::new(
-            Endpoint::parse(base, Duration::from_secs(1), Duration::from_secs(10)).unwrap(),
-        );
-        let provider = Provider {
-            load_metrics: None,
-            quota: None,
-            name: "p".into(),
-            kind,
-            pool: Arc::new(Pool::fixed(vec![endpoint.clone()])),
-            api_key: Some(Secret::new("sk-up".into())),
-            api_version: None,
-            region: None,
-            timeouts: Timeouts::default(),
-            outlier: Default::default(),
-            health_check: None,
-        };
-        (provider, endpoint)
-    }
-
-    fn header(req: &RequestHeader, name: &str) -> Option<String> {
-        req.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_string())
+        fixtures::provider(kind, base, Some("sk-up"))
     }
 
     #[test]

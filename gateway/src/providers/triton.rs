@@ -276,12 +276,10 @@ impl StreamParser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::secret::Secret;
+    use crate::providers::fixtures::{self, header};
     use crate::providers::openai_format::parse_request;
-    use crate::providers::{ProviderKind, Timeouts};
-    use crate::upstream::Pool;
+    use crate::providers::ProviderKind;
     use std::sync::Arc;
-    use std::time::Duration;
 
     fn conversation() -> ChatRequest {
         let openai = json!({
@@ -381,34 +379,7 @@ mod tests {
     }
 
     fn provider(key: Option<&str>) -> (Provider, Arc<Endpoint>) {
-        let endpoint = Arc::new(
-            Endpoint::parse(
-                "http://10.0.0.7:8000/triton",
-                Duration::from_secs(1),
-                Duration::from_secs(10),
-            )
-            .unwrap(),
-        );
-        let provider = Provider {
-            load_metrics: None,
-            quota: None,
-            name: "t".into(),
-            kind: ProviderKind::Vllm,
-            pool: Arc::new(Pool::fixed(vec![endpoint.clone()])),
-            api_key: key.map(|k| Secret::new(k.into())),
-            api_version: None,
-            region: None,
-            timeouts: Timeouts::default(),
-            outlier: Default::default(),
-            health_check: None,
-        };
-        (provider, endpoint)
-    }
-
-    fn header(req: &RequestHeader, name: &str) -> Option<String> {
-        req.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_string())
+        fixtures::provider(ProviderKind::Vllm, "http://10.0.0.7:8000/triton", key)
     }
 
     #[test]
