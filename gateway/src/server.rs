@@ -11,6 +11,7 @@ use crate::router::Strategy;
 use crate::scrape::LoadScraper;
 use crate::usage::LedgerCloser;
 use arc_swap::ArcSwap;
+use pingora::apps::HttpServerOptions;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::proxy::http_proxy_service_with_name;
@@ -24,6 +25,32 @@ use std::sync::Arc;
 use tokio::net::TcpSocket;
 use tollgate_plugins::ledger::Ledger;
 use tollgate_plugins::limits::Limiter;
+
+/// Every open stream holds two sockets (client and upstream), so the default soft limit of
+/// 1,024 open files would cap a gateway near 500 streams; raise it to the hard limit, as
+/// nginx's `worker_rlimit_nofile` and Go's runtime do.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            soft == limit.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        log::info!("open-file limit: {}", limit.rlim_cur);
+    } else {
+        log::warn!(
+            "could not raise the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
 
 /// Fails fast when a listen address is taken: Pingora itself would retry binding forever.
 fn check_bindable(addrs: &[SocketAddr]) -> Result<(), String> {
@@ -69,6 +96,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         crate::tokens::warm_up();
     }
 
+    raise_open_file_limit();
     let settings = &runtime.server;
     let scratch = std::env::temp_dir().join(format!("tollgate-{}", std::process::id()));
     let conf = ServerConf {
@@ -87,6 +115,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
 
     let listen = settings.listen.clone();
     let admin_listen = settings.admin_listen;
+    let h2c = settings.h2c;
     let ledger = match &runtime.ledger {
         Some(config) => {
             let ledger = Ledger::open(config.clone()).map_err(|e| format!("cannot start: {e}"))?;
@@ -117,6 +146,11 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         limiter.clone(),
     );
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "tollgate");
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = h2c;
+        app.server_options = Some(options);
+    }
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }

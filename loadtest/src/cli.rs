@@ -95,6 +95,10 @@ pub struct MockArgs {
     /// Do not record requests for GET /mock/requests.
     #[arg(long)]
     pub no_record: bool,
+    /// Put the Unix time in microseconds each OpenAI chat chunk was sent in its
+    /// `mock_sent_us` field, for measuring per-chunk transit latency.
+    #[arg(long)]
+    pub stamp_chunks: bool,
     /// Tokio worker threads.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
@@ -128,6 +132,7 @@ impl MockArgs {
                 prefix_block_tokens: self.gpu_prefix_block_tokens,
             }),
             record: !self.no_record,
+            stamp_chunks: self.stamp_chunks,
         }
     }
 }

@@ -126,6 +126,10 @@ pub struct MockConfig {
     pub gpu: Option<GpuSim>,
     /// Keep the last requests for `GET /mock/requests`.
     pub record: bool,
+    /// Stamp each OpenAI chat chunk with `"mock_sent_us"`, the Unix time in
+    /// microseconds it was rendered, so a client on the same host can measure how long
+    /// each chunk spent in transit (and what a proxy on the way adds).
+    pub stamp_chunks: bool,
 }
 
 impl Default for MockConfig {
@@ -148,6 +152,7 @@ impl Default for MockConfig {
             kv_cache_usage: None,
             gpu: None,
             record: true,
+            stamp_chunks: false,
         }
     }
 }

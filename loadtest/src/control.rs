@@ -26,6 +26,7 @@ pub(crate) struct ConfigPatch {
     retry_after_secs: Option<u64>,
     healthy: Option<bool>,
     waiting: Option<u32>,
+    stamp_chunks: Option<bool>,
     /// `Some(None)` (JSON null) removes the limit.
     drop_after_chunks: Option<Option<u32>>,
     /// `Some(None)` (JSON null) stops injecting in-stream errors.
@@ -78,6 +79,7 @@ impl ConfigPatch {
                 }
                 "retry_after_secs" => patch.retry_after_secs = Some(typed(name, value)?),
                 "healthy" => patch.healthy = Some(typed(name, value)?),
+                "stamp_chunks" => patch.stamp_chunks = Some(typed(name, value)?),
                 "waiting" => patch.waiting = Some(typed(name, value)?),
                 "drop_after_chunks" => patch.drop_after_chunks = Some(typed(name, value)?),
                 "error_event_after_chunks" => {
@@ -115,6 +117,7 @@ impl ConfigPatch {
         set(&mut next.retry_after_secs, self.retry_after_secs);
         set(&mut next.healthy, self.healthy);
         set(&mut next.waiting, self.waiting);
+        set(&mut next.stamp_chunks, self.stamp_chunks);
         set(&mut next.drop_after_chunks, self.drop_after_chunks);
         set(
             &mut next.error_event_after_chunks,
@@ -165,6 +168,7 @@ fn behaviour(cfg: &MockConfig) -> Value {
         "retry_after_secs": cfg.retry_after_secs,
         "healthy": cfg.healthy,
         "waiting": cfg.waiting,
+        "stamp_chunks": cfg.stamp_chunks,
         "drop_after_chunks": cfg.drop_after_chunks,
         "error_event_after_chunks": cfg.error_event_after_chunks,
         "kv_cache_usage": cfg.kv_cache_usage,
@@ -203,7 +207,7 @@ mod tests {
         let patch = parse(
             r#"{"latency_ms": 5, "ttft_ms": 6, "tokens_per_sec": 2.5, "completion_tokens": 3,
                 "error_rate": 1, "error_status": 503, "retry_after_secs": 9,
-                "healthy": false, "waiting": 4, "drop_after_chunks": 2,
+                "healthy": false, "waiting": 4, "stamp_chunks": true, "drop_after_chunks": 2,
                 "error_event_after_chunks": 7, "kv_cache_usage": 0.5,
                 "gpu": {"slots": 3, "decode_ms": 1.5}}"#,
         )
@@ -220,6 +224,7 @@ mod tests {
                 retry_after_secs: Some(9),
                 healthy: Some(false),
                 waiting: Some(4),
+                stamp_chunks: Some(true),
                 drop_after_chunks: Some(Some(2)),
                 error_event_after_chunks: Some(Some(7)),
                 kv_cache_usage: Some(Some(0.5)),

@@ -340,3 +340,62 @@ async fn access_log_plugin_writes_one_line_per_request() {
     assert_eq!(line("log-missing")["status"], 404);
     assert!(!log.contains("sk-log-test") && !log.contains(UPSTREAM_KEY));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleartext_http2_clients_are_served_beside_http1_unless_switched_off() {
+    let mock = Mock::start(&[]);
+    let config = format!(
+        "providers:\n{}models:\n  - name: m\n    targets: [{{ provider: up, model: gpt-4o }}]\n",
+        provider("up", &mock.url())
+    );
+    let gw = Gateway::start(&config).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+
+    let whole = h2
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whole.version(), reqwest::Version::HTTP_2);
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["x-tollgate-provider"], "up");
+    let body: Value = whole.json().await.unwrap();
+    assert_eq!(body["model"], "gpt-4o");
+
+    let stream = h2
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.version(), reqwest::Version::HTTP_2);
+    assert_eq!(stream.status(), 200);
+    let text = stream.text().await.unwrap();
+    assert!(text.contains("chat.completion.chunk"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    let refused = h2
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("no-such-model", false))
+        .send()
+        .await
+        .unwrap();
+    expect_error(refused, 404, Some("model_not_found")).await;
+
+    let http1 = gw.chat("m", false).await;
+    assert_eq!(http1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(http1.status(), 200);
+
+    let off = Gateway::start_with(&config, "  h2c: false\n").await;
+    let answer = h2
+        .post(off.url("/v1/chat/completions"))
+        .json(&chat_body("m", false))
+        .send()
+        .await;
+    assert!(answer.is_err(), "h2c was served while switched off");
+    assert_eq!(off.chat("m", false).await.status(), 200);
+}

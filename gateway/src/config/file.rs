@@ -130,6 +130,7 @@ pub struct ServerSection {
     pub max_body_bytes: Option<u64>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub shutdown_grace: Option<Duration>,
+    pub h2c: Option<bool>,
 }
 
 /// `listen: "0.0.0.0:8080"` or `listen: ["0.0.0.0:8080", "[::]:8080"]`.

@@ -80,6 +80,8 @@ pub struct ServerSettings {
     pub threads: usize,
     pub max_body_bytes: u64,
     pub shutdown_grace: Duration,
+    /// Whether the listeners also take cleartext HTTP/2 from clients that know to send it.
+    pub h2c: bool,
 }
 
 pub struct Model {
@@ -319,6 +321,7 @@ impl Runtime {
                 "threads": s.threads,
                 "max_body_bytes": s.max_body_bytes,
                 "shutdown_grace": format_duration(s.shutdown_grace),
+                "h2c": s.h2c,
             },
             "providers": self.providers.iter().map(|p| json!({
                 "name": p.name,
@@ -740,6 +743,7 @@ fn build_server(cx: &Ctx, s: ServerSection) -> Result<ServerSettings, ConfigErro
         threads,
         max_body_bytes,
         shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        h2c: s.h2c.unwrap_or(true),
     })
 }
 

@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde::Serialize;
 
 use super::request::{messages_text, messages_tokens, ChatRequest};
-use super::{invalid_json, missing, stream_usage, unix_now, StreamUsage, Usage};
+use super::{invalid_json, missing, stream_usage, unix_micros, unix_now, StreamUsage, Usage};
 use crate::body::{json, sse_json, MockResponse, SSE_DONE};
 use crate::config::MockConfig;
 use crate::state::{ReportedUsage, Shared};
@@ -41,6 +41,7 @@ pub(crate) async fn handle(
         model,
         include_usage: gen.include_usage,
         continuous_usage: gen.continuous_usage,
+        stamp: cfg.stamp_chunks,
         finish,
         usage,
     };
@@ -108,6 +109,8 @@ struct ChatChunks {
     model: String,
     include_usage: bool,
     continuous_usage: bool,
+    /// Whether chunks carry `mock_sent_us`.
+    stamp: bool,
     finish: Finish,
     usage: Usage,
 }
@@ -121,6 +124,8 @@ struct Chunk<'a> {
     choices: &'a [ChunkChoice<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: StreamUsage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mock_sent_us: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -149,6 +154,7 @@ impl ChatChunks {
             model: &self.model,
             choices,
             usage: stream_usage(self.include_usage, usage),
+            mock_sent_us: self.stamp.then(unix_micros),
         })
     }
 
@@ -227,6 +233,7 @@ mod tests {
     fn chunks(include_usage: bool) -> ChatChunks {
         ChatChunks {
             continuous_usage: false,
+            stamp: false,
             id: "chatcmpl-x".into(),
             created: 7,
             model: "m".into(),
@@ -234,6 +241,33 @@ mod tests {
             finish: Finish::Stop,
             usage: Usage::new(1, 2),
         }
+    }
+
+    #[tokio::test]
+    async fn stamped_chunks_carry_the_time_they_were_rendered() {
+        let before = unix_micros();
+        let stamped = stream::collect(
+            &ChatChunks {
+                stamp: true,
+                ..chunks(true)
+            },
+            2,
+        )
+        .await;
+        let after = unix_micros();
+        // Opening, two tokens, finish, usage; then [DONE], which is not JSON.
+        assert_eq!(stamped.len(), 6);
+        for event in &stamped[..5] {
+            let sent = parse(event)["mock_sent_us"].as_u64().unwrap();
+            assert!(
+                (before..=after).contains(&sent),
+                "{sent} not in {before}..={after}"
+            );
+        }
+        let plain = stream::collect(&chunks(true), 2).await;
+        assert!(plain[..5]
+            .iter()
+            .all(|e| parse(e).get("mock_sent_us").is_none()));
     }
 
     #[tokio::test]

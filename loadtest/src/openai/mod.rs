@@ -80,6 +80,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn invalid_json(e: &serde_json::Error) -> MockResponse {
     bad_request(&format!(
         "We could not parse the JSON body of your request: {e}"
