@@ -34,7 +34,7 @@ pub fn client(connections: usize) -> HttpClient {
 /// The virtual key the benchmark's gateway knows; the mock and the bare proxy ignore it.
 pub const BENCH_KEY: &str = "sk-bench";
 
-fn post(uri: &Uri, body: Bytes) -> Request<Full<Bytes>> {
+pub(crate) fn post(uri: &Uri, body: Bytes) -> Request<Full<Bytes>> {
     Request::post(uri.clone())
         .header(CONTENT_TYPE, "application/json")
         .header(http::header::AUTHORIZATION, format!("Bearer {BENCH_KEY}"))

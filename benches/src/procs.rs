@@ -4,10 +4,13 @@
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::cpus::CpuSet;
 
 /// Lines of a child's log quoted when it fails to start.
 const LOG_TAIL_LINES: usize = 20;
@@ -15,6 +18,8 @@ const LOG_TAIL_LINES: usize = 20;
 pub struct Procs {
     dir: PathBuf,
     children: Vec<(String, Child)>,
+    /// Where children started from now on run; `None`: anywhere.
+    cpus: Option<CpuSet>,
 }
 
 impl Procs {
@@ -27,6 +32,7 @@ impl Procs {
         Ok(Procs {
             dir,
             children: Vec::new(),
+            cpus: None,
         })
     }
 
@@ -39,6 +45,11 @@ impl Procs {
         self.dir.join(format!("{name}.log"))
     }
 
+    /// Runs the children started from now on on these CPUs only (`None`: anywhere).
+    pub fn set_cpus(&mut self, cpus: Option<&[usize]>) {
+        self.cpus = cpus.map(CpuSet::of);
+    }
+
     /// Starts `program` with stdout and stderr in its log; `name` labels it in errors.
     pub fn spawn(&mut self, name: &str, program: &Path, args: &[&str]) -> Result<(), String> {
         let path = self.log_path(name);
@@ -46,15 +57,28 @@ impl Procs {
         let log_err = log
             .try_clone()
             .map_err(|e| format!("sharing {}: {e}", path.display()))?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log_err)
+            .stderr(log_err);
+        if let Some(cpus) = self.cpus {
+            // SAFETY: the closure only makes the sched_setaffinity system call.
+            unsafe { command.pre_exec(move || cpus.pin_current()) };
+        }
+        let child = command
             .spawn()
             .map_err(|e| format!("starting {}: {e}", program.display()))?;
         self.children.push((name.to_owned(), child));
         Ok(())
+    }
+
+    /// The process id of the child called `name`.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find_map(|(n, child)| (n == name).then(|| child.id()))
     }
 
     /// Polls `probe` until it yields a value, failing early if the child exits.
@@ -165,6 +189,9 @@ mod tests {
     fn kills_children_and_cleans_up_on_drop() {
         let mut procs = Procs::new().unwrap();
         procs.spawn("sleeper", Path::new("sleep"), &["30"]).unwrap();
+        let pid = procs.pid("sleeper").unwrap();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        assert_eq!(procs.pid("nobody"), None);
         let dir = procs.dir().to_owned();
         let err = procs
             .wait_until("sleeper", Duration::from_millis(100), || None::<()>)
@@ -172,6 +199,32 @@ mod tests {
         assert!(err.contains("not ready"), "{err}");
         drop(procs);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn children_run_on_the_cpus_they_are_given() {
+        let cpus = crate::cpus::allowed();
+        let mut procs = Procs::new().unwrap();
+        procs.set_cpus(Some(&cpus[..1]));
+        procs
+            .spawn(
+                "pinned",
+                Path::new("sh"),
+                &["-c", "grep Cpus_allowed_list /proc/self/status"],
+            )
+            .unwrap();
+        let log = procs.log_path("pinned");
+        let line = procs
+            .wait_until("pinned", Duration::from_secs(10), || {
+                let text = fs::read_to_string(&log).ok()?;
+                text.contains('\n').then_some(text)
+            })
+            .unwrap();
+        assert_eq!(
+            line.split_whitespace().last(),
+            Some(cpus[0].to_string().as_str()),
+            "{line}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::load::Outcome;
+use crate::openloop;
 
 /// One path's numbers; percentiles are `None` when no request succeeded.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,20 +45,41 @@ impl Row {
     }
 }
 
-/// The three paths of one scenario.
+/// The paths of one scenario: `direct` and `bare` first, then `tollgate`, then any peers.
 pub struct Comparison {
-    pub direct: Row,
-    pub bare: Row,
-    pub tollgate: Row,
+    pub paths: Vec<(&'static str, Row)>,
 }
 
 impl Comparison {
+    fn row(&self, name: &str) -> Option<&Row> {
+        self.paths
+            .iter()
+            .find_map(|(n, row)| (*n == name).then_some(row))
+    }
+
+    /// Every path but the two baselines, each compared with both.
+    fn compared(&self) -> impl Iterator<Item = (&'static str, &Row, &'static str, &Row)> {
+        let bases: Vec<(&'static str, &Row)> = ["direct", "bare"]
+            .into_iter()
+            .filter_map(|b| Some((b, self.row(b)?)))
+            .collect();
+        self.paths
+            .iter()
+            .filter(|(name, _)| !matches!(*name, "direct" | "bare"))
+            .flat_map(move |(name, row)| {
+                bases
+                    .clone()
+                    .into_iter()
+                    .map(move |(base, base_row)| (*name, row, base, base_row))
+            })
+    }
+
     pub fn table(&self, heading: &str) -> String {
         let mut out = format!(
             "{heading}\n{:<10} {:>11} {:>10} {:>10} {:>10} {:>10} {:>8}\n",
             "path", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors"
         );
-        for (name, row) in self.named() {
+        for (name, row) in &self.paths {
             let _ = writeln!(
                 out,
                 "{name:<10} {:>11.1} {:>10} {:>10} {:>10} {:>10} {:>8}",
@@ -69,11 +91,12 @@ impl Comparison {
                 row.errors
             );
         }
-        for (name, base) in [("direct", &self.direct), ("bare", &self.bare)] {
-            let r = Ratios::new(&self.tollgate, base);
+        for (name, row, base, base_row) in self.compared() {
+            let r = Ratios::new(row, base_row);
             let _ = writeln!(
                 out,
-                "tollgate/{name:<7} rps {}  p50 {}  p99 {}",
+                "{:<16} rps {}  p50 {}  p99 {}",
+                format!("{name}/{base}"),
                 times(r.rps),
                 times(r.p50),
                 times(r.p99)
@@ -89,26 +112,193 @@ impl Comparison {
 
     pub fn json(&self) -> Value {
         let mut value = json!({ "tollgate_added_p50_us": self.added_p50_us() });
-        for (name, row) in self.named() {
-            value[name] = row.json();
+        for (name, row) in &self.paths {
+            value[*name] = row.json();
         }
-        for (name, base) in [("direct", &self.direct), ("bare", &self.bare)] {
-            value[format!("tollgate_over_{name}")] = Ratios::new(&self.tollgate, base).json();
+        for (name, row, base, base_row) in self.compared() {
+            value[format!("{name}_over_{base}")] = Ratios::new(row, base_row).json();
         }
         value
     }
 
-    fn named(&self) -> [(&'static str, &Row); 3] {
-        [
-            ("direct", &self.direct),
-            ("bare", &self.bare),
-            ("tollgate", &self.tollgate),
-        ]
+    /// Tollgate's requests per second over the bare proxy's.
+    pub fn tollgate_over_bare_rps(&self) -> Option<f64> {
+        ratio(self.row("tollgate")?.rps, self.row("bare")?.rps)
+    }
+
+    pub fn tollgate_rps(&self) -> Option<f64> {
+        self.row("tollgate").map(|row| row.rps)
     }
 
     fn added_p50_us(&self) -> Option<i64> {
-        Some(self.tollgate.p50_us? as i64 - self.bare.p50_us? as i64)
+        Some(self.row("tollgate")?.p50_us? as i64 - self.row("bare")?.p50_us? as i64)
     }
+}
+
+/// One path under open-loop arrivals: latency, and for streams time to first token and
+/// per-chunk transit, in microseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenRow {
+    pub total: Percentiles,
+    pub ttft: Percentiles,
+    pub chunk: Percentiles,
+    pub completed: u64,
+    pub errors: u64,
+}
+
+/// p50, p99 and p99.9 of one histogram; `None` when it is empty.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+    pub p999: Option<u64>,
+}
+
+impl Percentiles {
+    fn of(hist: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        let at = |q| (!hist.is_empty()).then(|| hist.value_at_quantile(q));
+        Percentiles {
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let ms = |us: Option<u64>| us.map(|us| round3(us as f64 / 1000.0));
+        json!({ "p50_ms": ms(self.p50), "p99_ms": ms(self.p99), "p99.9_ms": ms(self.p999) })
+    }
+}
+
+impl OpenRow {
+    pub fn new(outcome: &openloop::Outcome) -> OpenRow {
+        OpenRow {
+            total: Percentiles::of(&outcome.total_us),
+            ttft: Percentiles::of(&outcome.ttft_us),
+            chunk: Percentiles::of(&outcome.chunk_us),
+            completed: outcome.completed,
+            errors: outcome.errors,
+        }
+    }
+}
+
+/// The paths of one scenario under the same open-loop arrivals (`direct`, `bare`,
+/// `tollgate`, then any peers), and what Tollgate adds at p99.
+pub struct OpenLoop {
+    pub rate: f64,
+    pub stream: bool,
+    pub paths: Vec<(&'static str, OpenRow)>,
+}
+
+/// Microseconds Tollgate adds at p99 over one baseline.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Added {
+    pub total_p99_us: Option<i64>,
+    pub ttft_p99_us: Option<i64>,
+    pub chunk_p99_us: Option<i64>,
+}
+
+impl OpenLoop {
+    fn row(&self, name: &str) -> Option<&OpenRow> {
+        self.paths
+            .iter()
+            .find_map(|(n, row)| (*n == name).then_some(row))
+    }
+
+    /// What Tollgate adds at p99 over `base` (`direct` or `bare`).
+    pub fn added_over(&self, base: &str) -> Option<Added> {
+        let (t, b) = (self.row("tollgate")?, self.row(base)?);
+        let diff = |t: Option<u64>, b: Option<u64>| Some(t? as i64 - b? as i64);
+        Some(Added {
+            total_p99_us: diff(t.total.p99, b.total.p99),
+            ttft_p99_us: diff(t.ttft.p99, b.ttft.p99),
+            chunk_p99_us: diff(t.chunk.p99, b.chunk.p99),
+        })
+    }
+
+    pub fn table(&self, heading: &str) -> String {
+        let mut out = format!(
+            "{heading}\n{:<10} {:>10} {:>10} {:>10}",
+            "path", "p50 ms", "p99 ms", "p99.9 ms"
+        );
+        if self.stream {
+            let _ = write!(
+                out,
+                " {:>10} {:>10} {:>10} {:>10}",
+                "ttft p50", "ttft p99", "chunk p50", "chunk p99"
+            );
+        }
+        let _ = writeln!(out, " {:>8} {:>8}", "done", "errors");
+        for (name, row) in &self.paths {
+            let _ = write!(
+                out,
+                "{name:<10} {:>10} {:>10} {:>10}",
+                ms(row.total.p50),
+                ms(row.total.p99),
+                ms(row.total.p999)
+            );
+            if self.stream {
+                let _ = write!(
+                    out,
+                    " {:>10} {:>10} {:>10} {:>10}",
+                    ms(row.ttft.p50),
+                    ms(row.ttft.p99),
+                    ms(row.chunk.p50),
+                    ms(row.chunk.p99)
+                );
+            }
+            let _ = writeln!(out, " {:>8} {:>8}", row.completed, row.errors);
+        }
+        for base in ["direct", "bare"] {
+            let Some(added) = self.added_over(base) else {
+                continue;
+            };
+            let _ = write!(
+                out,
+                "tollgate p99 added over {base:<6}: latency {}",
+                micros(added.total_p99_us)
+            );
+            if self.stream {
+                let _ = write!(
+                    out,
+                    ", time to first token {}, per chunk {}",
+                    micros(added.ttft_p99_us),
+                    micros(added.chunk_p99_us)
+                );
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        let mut value = json!({ "rate": round3(self.rate) });
+        for (name, row) in &self.paths {
+            value[*name] = json!({
+                "latency": row.total.json(),
+                "completed": row.completed,
+                "errors": row.errors,
+            });
+            if self.stream {
+                value[*name]["ttft"] = row.ttft.json();
+                value[*name]["chunk"] = row.chunk.json();
+            }
+        }
+        for base in ["direct", "bare"] {
+            if let Some(added) = self.added_over(base) {
+                value[format!("tollgate_added_p99_us_over_{base}")] = json!({
+                    "latency": added.total_p99_us,
+                    "ttft": added.ttft_p99_us,
+                    "chunk": added.chunk_p99_us,
+                });
+            }
+        }
+        value
+    }
+}
+
+fn micros(us: Option<i64>) -> String {
+    us.map_or_else(|| "n/a".to_owned(), |us| format!("{us:+} µs"))
 }
 
 /// Tollgate's numbers divided by a baseline's.
@@ -170,9 +360,12 @@ mod tests {
 
     fn sample() -> Comparison {
         Comparison {
-            direct: row(20_000.0, 500, 1_000),
-            bare: row(10_000.0, 1_000, 2_000),
-            tollgate: row(8_000.0, 1_250, 3_000),
+            paths: vec![
+                ("direct", row(20_000.0, 500, 1_000)),
+                ("bare", row(10_000.0, 1_000, 2_000)),
+                ("tollgate", row(8_000.0, 1_250, 3_000)),
+                ("nginx", row(9_000.0, 1_100, 2_200)),
+            ],
         }
     }
 
@@ -215,6 +408,65 @@ mod tests {
         assert!(table.contains("tollgate/direct  rps 0.40x  p50 2.50x  p99 3.00x"));
         assert!(table.contains("tollgate/bare    rps 0.80x  p50 1.25x  p99 1.50x"));
         assert!(table.contains("tollgate p50 added over bare: +250 µs"));
+        assert!(table.contains("nginx/bare       rps 0.90x  p50 1.10x  p99 1.10x"));
+    }
+
+    fn open_row(total_p99: u64, ttft_p99: u64, chunk_p99: u64) -> OpenRow {
+        let p = |p99: u64| Percentiles {
+            p50: Some(p99 / 2),
+            p99: Some(p99),
+            p999: Some(p99 * 2),
+        };
+        OpenRow {
+            total: p(total_p99),
+            ttft: p(ttft_p99),
+            chunk: p(chunk_p99),
+            completed: 100,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn open_loop_shows_what_tollgate_adds_at_p99() {
+        let open = OpenLoop {
+            rate: 1234.5,
+            stream: true,
+            paths: vec![
+                ("direct", open_row(1_000, 400, 40)),
+                ("bare", open_row(1_200, 500, 50)),
+                ("tollgate", open_row(1_450, 650, 60)),
+            ],
+        };
+        let added = open.added_over("bare").unwrap();
+        assert_eq!(
+            added,
+            Added {
+                total_p99_us: Some(250),
+                ttft_p99_us: Some(150),
+                chunk_p99_us: Some(10)
+            }
+        );
+        let table = open.table("stream");
+        assert!(table.contains("ttft p99"), "{table}");
+        assert!(table.contains("tollgate p99 added over bare  : latency +250 µs, time to first token +150 µs, per chunk +10 µs"), "{table}");
+        assert!(
+            table.contains("tollgate p99 added over direct: latency +450 µs"),
+            "{table}"
+        );
+        let v = open.json();
+        assert_eq!(v["tollgate_added_p99_us_over_direct"]["ttft"], 250);
+        assert_eq!(v["tollgate"]["chunk"]["p99_ms"], 0.06);
+
+        let whole = OpenLoop {
+            stream: false,
+            ..open
+        };
+        let table = whole.table("small");
+        assert!(
+            !table.contains("ttft") && !table.contains("per chunk"),
+            "{table}"
+        );
+        assert!(whole.json()["tollgate"].get("ttft").is_none());
     }
 
     #[test]
@@ -226,5 +478,8 @@ mod tests {
         assert_eq!(v["tollgate_over_bare"]["p99"], 1.5);
         assert_eq!(v["tollgate_over_direct"]["rps"], 0.4);
         assert_eq!(v["tollgate_added_p50_us"], 250);
+        assert_eq!(v["nginx_over_bare"]["rps"], 0.9);
+        assert_eq!(sample().tollgate_over_bare_rps(), Some(0.8));
+        assert_eq!(sample().tollgate_rps(), Some(8_000.0));
     }
 }

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate::{config, demo, server};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tollgate",

@@ -4,9 +4,8 @@
 //! strategy gets fresh servers (empty caches) and a fresh gateway; the table compares time to
 //! first token and throughput.
 
-use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,13 +13,15 @@ use bytes::Bytes;
 use clap::{value_parser, Parser};
 use http::Uri;
 use serde_json::json;
+use tollgate_benches::launch;
 use tollgate_benches::load;
 use tollgate_benches::openloop::{self, Outcome};
-use tollgate_benches::procs::{find_listen_addr, free_port, get_is_ok, Procs};
+use tollgate_benches::procs::Procs;
 
-const BUILD_HINT: &str = "cargo build --release -p tollgate -p tollgate-mock -p tollgate-benches";
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 const MODEL: &str = "llama";
+
+/// Far above the servers' batch slots: the queues form at the servers, where routing decides.
+const MAX_IN_FLIGHT: usize = 1024;
 
 #[derive(Parser)]
 #[command(
@@ -165,24 +166,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn binaries() -> Result<(PathBuf, PathBuf), String> {
-    let dir = std::env::current_exe()
-        .map_err(|e| format!("locating this executable: {e}"))?
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or("this executable has no parent folder")?;
-    let (tollgate, mock) = (dir.join("tollgate"), dir.join("tollgate-mock"));
-    for bin in [&tollgate, &mock] {
-        if !bin.is_file() {
-            return Err(format!(
-                "{} is missing; build it first with:\n  {BUILD_HINT}",
-                bin.display()
-            ));
-        }
-    }
-    Ok((tollgate, mock))
-}
-
 /// The chat request `i`: one of the shared system prompts (chosen by the seed) and a
 /// question of its own.
 fn bodies(prefixes: u16, seed: u64, count: usize) -> Vec<Bytes> {
@@ -213,7 +196,7 @@ fn bodies(prefixes: u16, seed: u64, count: usize) -> Vec<Bytes> {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
-    let (tollgate, mock) = binaries()?;
+    let [tollgate, mock] = launch::binaries(["tollgate", "tollgate-mock"])?;
     let capacity = SERVER.capacity() * f64::from(cli.replicas);
     let rate = capacity * cli.load;
     let warmup = Duration::from_secs(cli.warmup);
@@ -242,10 +225,15 @@ fn run(cli: &Cli) -> Result<(), String> {
         let uri: Uri = format!("http://{gateway}/v1/chat/completions")
             .parse()
             .map_err(|e| format!("{e}"))?;
-        let client = load::client(1024);
-        let outcome = runtime.block_on(openloop::run(&client, &uri, &schedule, warmup, |i| {
-            bodies[i].clone()
-        }));
+        let client = load::client(MAX_IN_FLIGHT);
+        let outcome = runtime.block_on(openloop::run(
+            &client,
+            &uri,
+            &schedule,
+            warmup,
+            MAX_IN_FLIGHT,
+            |i| bodies[i].clone(),
+        ));
         drop(procs);
         results.push((routing, outcome));
     }
@@ -280,39 +268,15 @@ fn start(
     tollgate: &Path,
     mock: &Path,
 ) -> Result<SocketAddr, String> {
-    let mut servers = Vec::new();
-    for i in 0..replicas {
-        let name = format!("gpu{i}");
-        let mut args = vec!["--listen".to_string(), "127.0.0.1:0".to_string()];
-        args.extend(SERVER.flags());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        procs.spawn(&name, mock, &args)?;
-        let log = procs.log_path(&name);
-        servers.push(procs.wait_until(&name, START_TIMEOUT, || {
-            find_listen_addr(&fs::read_to_string(&log).ok()?)
-        })?);
-    }
-    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let (gateway, admin) = (local(free_port()?), local(free_port()?));
-    let config = procs.dir().join("tollgate.yaml");
-    fs::write(
-        &config,
-        format!(
-            "server:\n  listen: [\"{gateway}\"]\n  admin_listen: \"{admin}\"\n  threads: 2\n{}",
-            routing.config(&servers)
-        ),
-    )
-    .map_err(|e| format!("writing {}: {e}", config.display()))?;
-    let config = config
-        .to_str()
-        .ok_or("the scratch folder's path is not UTF-8")?;
-    procs.spawn("tollgate", tollgate, &["serve", "--config", config])?;
-    procs.wait_until("tollgate", START_TIMEOUT, || {
-        get_is_ok(admin, "/healthz").then_some(())
-    })?;
+    let flags = SERVER.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let servers = (0..replicas)
+        .map(|i| launch::mock(procs, &format!("gpu{i}"), mock, &flags))
+        .collect::<Result<Vec<_>, _>>()?;
+    let gateway = launch::tollgate(procs, tollgate, 2, &routing.config(&servers))?;
     // A first scrape of every server before the load starts.
     std::thread::sleep(Duration::from_millis(300));
-    Ok(gateway)
+    Ok(gateway.listen)
 }
 
 fn table(results: &[(Routing, Outcome)]) -> String {

@@ -1,8 +1,8 @@
-//! `proxy-bench`: the same closed-loop load against a mock provider directly, through a bare
-//! Pingora proxy and through Tollgate, in one run, so the tables show what Tollgate adds on
-//! top of Pingora itself.
+//! `proxy-bench`: the same load against a mock provider directly, through a bare Pingora
+//! proxy, through Tollgate with everything on, and through any peers asked for, in one run,
+//! so the tables show what Tollgate adds on top of Pingora itself. Each scenario runs closed
+//! loop (maximum throughput), then open loop at half of Tollgate's maximum (added latency).
 
-use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,35 +11,41 @@ use std::time::Duration;
 use clap::{value_parser, Parser, ValueEnum};
 use http::Uri;
 use serde_json::{json, Map};
-use tollgate_benches::load::{self, Spec, BENCH_KEY};
-use tollgate_benches::procs::{accepts_tcp, find_listen_addr, free_port, get_is_ok, Procs};
-use tollgate_benches::report::{Comparison, Row};
+use tokio::runtime::Runtime;
+use tollgate_benches::cpus::{self, CpuSet, Placement};
+use tollgate_benches::launch::{self, PROVIDER_MODEL, PUBLIC_MODEL};
+use tollgate_benches::load::{self, Spec};
+use tollgate_benches::openloop;
+use tollgate_benches::peers::Peer;
+use tollgate_benches::procs::{accepts_tcp, free_port, Procs};
+use tollgate_benches::report::{Comparison, OpenLoop, OpenRow, Row};
 use tollgate_benches::scenario::Scenario;
 
-const BUILD_HINT: &str = "cargo build --release -p tollgate -p tollgate-mock -p tollgate-benches";
 const WARMUP: Duration = Duration::from_secs(1);
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// The name clients use at Tollgate, and the provider's name it maps to; the other two
-/// paths send the provider's name, so the mock sees the same request on every path.
-const PUBLIC_MODEL: &str = "bench-model";
-const PROVIDER_MODEL: &str = "mock-gpt";
+/// The issue's goals, checked at the end of a run.
+const THROUGHPUT_GOAL: f64 = 0.90;
+const ADDED_P99_GOAL_US: i64 = 300;
+const ADDED_TTFT_P99_GOAL_US: i64 = 1_000;
+const ADDED_CHUNK_P99_GOAL_US: i64 = 50;
 
 #[derive(Parser)]
 #[command(
     name = "proxy-bench",
-    about = "Side-by-side load: mock provider direct, via bare Pingora, via Tollgate"
+    about = "Side-by-side load: mock provider direct, via bare Pingora, via Tollgate (and peers)"
 )]
 struct Cli {
     /// Scenario to run.
     #[arg(long, value_enum, default_value_t = Which::All)]
     scenario: Which,
-    /// Concurrent closed-loop workers, each on its own keep-alive connection.
+    /// Keep-alive connections per path: closed-loop workers, and the most requests in flight
+    /// open loop.
     #[arg(long, default_value_t = 16, value_parser = value_parser!(u16).range(1..))]
     connections: u16,
-    /// Measured seconds per path and scenario, after a 1 s warm-up.
+    /// Measured seconds per path and phase, after a 1 s warm-up.
     #[arg(long, default_value_t = 10, value_parser = value_parser!(u64).range(1..))]
     duration: u64,
-    /// Worker threads of each proxy, the same for both so the comparison is fair.
+    /// Worker threads of each proxy, the same for all so the comparison is fair.
     #[arg(long, default_value_t = 1, value_parser = value_parser!(u16).range(1..))]
     threads: u16,
     /// Worker threads of the mock provider.
@@ -48,6 +54,22 @@ struct Cli {
     /// Worker threads of the in-process load generator.
     #[arg(long, default_value_t = 1, value_parser = value_parser!(u16).range(1..))]
     client_threads: u16,
+    /// Open-loop arrival rate, as a fraction of Tollgate's closed-loop rate.
+    #[arg(long, default_value_t = 0.5, value_parser = fraction)]
+    open_load: f64,
+    /// Skip the open-loop phase (added latency at half of Tollgate's maximum throughput).
+    #[arg(long)]
+    no_open_loop: bool,
+    /// Seed of the open-loop arrivals.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Let every process run on every CPU, instead of the proxies on their own CPUs
+    /// (one per proxy thread) and the mock and load generator on the rest.
+    #[arg(long)]
+    no_pin: bool,
+    /// Also measure these proxies, when installed (repeatable).
+    #[arg(long = "with", value_enum)]
+    peers: Vec<Peer>,
     /// Also print a one-line JSON summary.
     #[arg(long)]
     json: bool,
@@ -72,10 +94,18 @@ impl Which {
     }
 }
 
-struct Targets {
-    direct: SocketAddr,
-    bare: SocketAddr,
-    tollgate: SocketAddr,
+/// One way to the mock, and the model name it takes.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    model: &'static str,
+}
+
+/// A scenario's results, kept for the goals.
+struct Measured {
+    scenario: Scenario,
+    closed: Comparison,
+    open: Option<OpenLoop>,
 }
 
 fn main() -> ExitCode {
@@ -89,24 +119,30 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
-    let dir = std::env::current_exe()
-        .map_err(|e| format!("locating this executable: {e}"))?
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or("this executable has no parent folder")?;
-    let [tollgate, mock, bare] = ["tollgate", "tollgate-mock", "bare-proxy"].map(|n| dir.join(n));
-    for bin in [&tollgate, &mock, &bare] {
-        if !bin.is_file() {
-            return Err(format!(
-                "{} is missing; build it first with:\n  {BUILD_HINT}",
-                bin.display()
-            ));
-        }
+    let [tollgate, mock, bare] = launch::binaries(["tollgate", "tollgate-mock", "bare-proxy"])?;
+    let placement = if cli.no_pin {
+        None
+    } else {
+        Placement::split(&cpus::allowed(), usize::from(cli.threads))
+    };
+    if let Some(placement) = &placement {
+        // The load generator's runtime threads, created below, inherit this.
+        CpuSet::of(&placement.load)
+            .pin_current()
+            .map_err(|e| format!("pinning the load generator: {e}"))?;
+        eprintln!(
+            "proxies on CPUs {:?}; mock and load generator on CPUs {:?}",
+            placement.proxy, placement.load
+        );
     }
-
     // Declared before anything can fail, so every started child is killed on the way out.
     let mut procs = Procs::new()?;
-    let targets = start(&mut procs, cli, [&tollgate, &mock, &bare])?;
+    let targets = start(
+        &mut procs,
+        cli,
+        placement.as_ref(),
+        [&tollgate, &mock, &bare],
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(cli.client_threads))
         .enable_all()
@@ -114,19 +150,17 @@ fn run(cli: &Cli) -> Result<(), String> {
         .map_err(|e| format!("starting the load generator's runtime: {e}"))?;
 
     let mut summary = Map::new();
+    let mut results = Vec::new();
     for scenario in cli.scenario.scenarios() {
-        let comparison = runtime.block_on(compare(scenario, &targets, cli))?;
-        let heading = format!(
-            "== {}: {} | {} connections, {} s per path, proxy threads {} ==",
-            scenario.name(),
-            scenario.describe(),
-            cli.connections,
-            cli.duration,
-            cli.threads
-        );
-        println!("{}", comparison.table(&heading));
-        summary.insert(scenario.name().to_owned(), comparison.json());
+        let measured = measure_scenario(&runtime, scenario, &targets, cli)?;
+        let mut entry = json!({ "closed_loop": measured.closed.json() });
+        if let Some(open) = &measured.open {
+            entry["open_loop"] = open.json();
+        }
+        summary.insert(scenario.name().to_owned(), entry);
+        results.push(measured);
     }
+    println!("{}", goals(&results));
     if cli.json {
         let line = json!({
             "connections": cli.connections,
@@ -139,33 +173,106 @@ fn run(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the mock, the bare proxy and Tollgate, each answering before the next starts.
+fn measure_scenario(
+    runtime: &Runtime,
+    scenario: Scenario,
+    targets: &[Target],
+    cli: &Cli,
+) -> Result<Measured, String> {
+    let mut paths = Vec::new();
+    for target in targets {
+        paths.push((
+            target.name,
+            runtime.block_on(closed(scenario, target, cli))?,
+        ));
+    }
+    let closed = Comparison { paths };
+    println!(
+        "{}",
+        closed.table(&format!(
+            "== {}: {} | closed loop, {} connections, {} s per path, proxy threads {} ==",
+            scenario.name(),
+            scenario.describe(),
+            cli.connections,
+            cli.duration,
+            cli.threads
+        ))
+    );
+    let rate = closed.tollgate_rps().unwrap_or(0.0) * cli.open_load;
+    if cli.no_open_loop || rate < 1.0 {
+        return Ok(Measured {
+            scenario,
+            closed,
+            open: None,
+        });
+    }
+    let schedule = openloop::arrivals(rate, WARMUP + Duration::from_secs(cli.duration), cli.seed);
+    let mut paths = Vec::new();
+    for target in targets {
+        eprintln!("open loop: {} via {} ...", scenario.name(), target.name);
+        let uri = chat_uri(target.addr)?;
+        let body = scenario.body(target.model);
+        let connections = usize::from(cli.connections);
+        let client = load::client(connections);
+        let outcome = runtime.block_on(openloop::run(
+            &client,
+            &uri,
+            &schedule,
+            WARMUP,
+            connections,
+            |_| body.clone(),
+        ));
+        paths.push((target.name, OpenRow::new(&outcome)));
+    }
+    let open = OpenLoop {
+        rate,
+        stream: scenario == Scenario::Stream,
+        paths,
+    };
+    println!(
+        "{}",
+        open.table(&format!(
+            "== {}: open loop at {rate:.0} req/s ({:.0}% of Tollgate's closed-loop rate), {} s per path ==",
+            scenario.name(),
+            cli.open_load * 100.0,
+            cli.duration
+        ))
+    );
+    Ok(Measured {
+        scenario,
+        closed,
+        open: Some(open),
+    })
+}
+
+/// Starts the mock, the bare proxy, Tollgate and the peers, each answering before the next
+/// starts.
 fn start(
     procs: &mut Procs,
     cli: &Cli,
+    placement: Option<&Placement>,
     [tollgate, mock, bare]: [&Path; 3],
-) -> Result<Targets, String> {
+) -> Result<Vec<Target>, String> {
     let threads = cli.threads.to_string();
     let mock_threads = cli.mock_threads.to_string();
-    procs.spawn(
+    procs.set_cpus(placement.map(|p| p.load.as_slice()));
+    // Stamped chunks give the per-chunk transit time on every path alike.
+    let direct = launch::mock(
+        procs,
         "mock",
         mock,
         &[
-            "--listen",
-            "127.0.0.1:0",
             "--kind",
             "openai",
             "--threads",
             &mock_threads,
             "--no-record",
+            "--stamp-chunks",
         ],
     )?;
-    let mock_log = procs.log_path("mock");
-    let direct = procs.wait_until("mock", START_TIMEOUT, || {
-        find_listen_addr(&fs::read_to_string(&mock_log).ok()?)
-    })?;
 
-    let bare_addr = local(free_port()?);
+    procs.set_cpus(placement.map(|p| p.proxy.as_slice()));
+    let bare_addr = launch::local(free_port()?);
     let (bare_listen, upstream) = (bare_addr.to_string(), direct.to_string());
     procs.spawn(
         "bare-proxy",
@@ -183,90 +290,59 @@ fn start(
         accepts_tcp(bare_addr).then_some(())
     })?;
 
-    let (gateway, admin) = (local(free_port()?), local(free_port()?));
-    let config = procs.dir().join("tollgate.yaml");
-    let ledger = procs.dir().join("usage.db");
-    fs::write(
-        &config,
-        tollgate_config(gateway, admin, direct, cli.threads, &ledger),
-    )
-    .map_err(|e| format!("writing {}: {e}", config.display()))?;
-    let config = config
-        .to_str()
-        .ok_or("the scratch folder's path is not UTF-8")?;
-    procs.spawn("tollgate", tollgate, &["serve", "--config", config])?;
-    procs.wait_until("tollgate", START_TIMEOUT, || {
-        get_is_ok(admin, "/healthz").then_some(())
-    })?;
-
-    Ok(Targets {
-        direct,
-        bare: bare_addr,
-        tollgate: gateway,
-    })
+    let body = launch::everything_on(procs, direct);
+    let gateway = launch::tollgate(procs, tollgate, cli.threads, &body)?;
+    let mut targets = vec![
+        Target {
+            name: "direct",
+            addr: direct,
+            model: PROVIDER_MODEL,
+        },
+        Target {
+            name: "bare",
+            addr: bare_addr,
+            model: PROVIDER_MODEL,
+        },
+        Target {
+            name: "tollgate",
+            addr: gateway.listen,
+            model: PUBLIC_MODEL,
+        },
+    ];
+    for peer in &cli.peers {
+        let addr = peer.start(procs, direct, cli.threads)?;
+        targets.push(Target {
+            name: peer.name(),
+            addr,
+            model: peer.model(),
+        });
+    }
+    Ok(targets)
 }
 
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{text} is not a fraction in (0, 1]")),
+    }
 }
 
-/// Tollgate with everything on, as a platform team runs it: a virtual key with rate limits
-/// and a budget (both far above what the run uses, so every request does the full admission
-/// and settle), its team's limits, metering, the SQLite ledger and metrics.
-fn tollgate_config(
-    listen: SocketAddr,
-    admin: SocketAddr,
-    mock: SocketAddr,
-    threads: u16,
-    ledger: &Path,
-) -> String {
-    format!(
-        "server:
-  listen: [\"{listen}\"]
-  admin_listen: \"{admin}\"
-  threads: {threads}
-providers:
-  - {{ name: mock, kind: openai, base_url: \"http://{mock}\" }}
-models:
-  - name: {PUBLIC_MODEL}
-    targets: [{{ provider: mock, model: {PROVIDER_MODEL} }}]
-keys:
-  - {{ id: bench, key: {BENCH_KEY}, team: bench, limits: {{ rpm: 1000000000, tpm: 1000000000000 }}, budget: {{ usd_per_day: 1000000000 }} }}
-teams:
-  bench: {{ limits: {{ rpm: 1000000000 }}, budget: {{ usd_per_month: 1000000000 }} }}
-plugins:
-  ledger: {{ path: \"{}\" }}
-",
-        ledger.display()
-    )
-}
-
-async fn compare(scenario: Scenario, targets: &Targets, cli: &Cli) -> Result<Comparison, String> {
-    Ok(Comparison {
-        direct: measure(scenario, "direct", targets.direct, PROVIDER_MODEL, cli).await?,
-        bare: measure(scenario, "bare", targets.bare, PROVIDER_MODEL, cli).await?,
-        tollgate: measure(scenario, "tollgate", targets.tollgate, PUBLIC_MODEL, cli).await?,
-    })
-}
-
-/// Checks that the path really answers, then measures it.
-async fn measure(
-    scenario: Scenario,
-    label: &str,
-    addr: SocketAddr,
-    model: &str,
-    cli: &Cli,
-) -> Result<Row, String> {
-    let uri: Uri = format!("http://{addr}/v1/chat/completions")
+fn chat_uri(addr: SocketAddr) -> Result<Uri, String> {
+    format!("http://{addr}/v1/chat/completions")
         .parse()
-        .map_err(|e| format!("bad URI for {addr}: {e}"))?;
-    let body = scenario.body(model);
+        .map_err(|e| format!("bad URI for {addr}: {e}"))
+}
+
+/// Checks that the path really answers, then measures it closed loop.
+async fn closed(scenario: Scenario, target: &Target, cli: &Cli) -> Result<Row, String> {
+    let uri = chat_uri(target.addr)?;
+    let body = scenario.body(target.model);
     let client = load::client(usize::from(cli.connections));
     let (status, answer) = load::fetch(&client, &uri, body.clone()).await?;
     scenario
         .check(status, &answer)
-        .map_err(|e| format!("{label} failed the {} check: {e}", scenario.name()))?;
-    eprintln!("measuring {} via {label} ...", scenario.name());
+        .map_err(|e| format!("{} failed the {} check: {e}", target.name, scenario.name()))?;
+    eprintln!("closed loop: {} via {} ...", scenario.name(), target.name);
     let spec = Spec {
         uri,
         body,
@@ -278,30 +354,51 @@ async fn measure(
     Ok(Row::new(&outcome, spec.duration))
 }
 
+/// The issue's goals against this run's figures.
+fn goals(results: &[Measured]) -> String {
+    let mut out = String::from("== goals, Tollgate with everything on ==\n");
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    for m in results {
+        if let Some(r) = m.closed.tollgate_over_bare_rps() {
+            out += &format!(
+                "{:<7} throughput {:.2}x bare (goal >= {THROUGHPUT_GOAL:.2}x): {}\n",
+                m.scenario.name(),
+                r,
+                verdict(r >= THROUGHPUT_GOAL)
+            );
+        }
+        let Some(added) = m.open.as_ref().and_then(|open| open.added_over("direct")) else {
+            continue;
+        };
+        let mut check = |what: &str, us: Option<i64>, goal: i64| {
+            if let Some(us) = us {
+                out += &format!(
+                    "{:<7} {what} p99 added at half load {us:+} µs over direct (goal <= {goal} µs): {}\n",
+                    m.scenario.name(),
+                    verdict(us <= goal)
+                );
+            }
+        };
+        check("latency", added.total_p99_us, ADDED_P99_GOAL_US);
+        if m.scenario == Scenario::Stream {
+            check(
+                "time to first token",
+                added.ttft_p99_us,
+                ADDED_TTFT_P99_GOAL_US,
+            );
+            check(
+                "per-chunk latency",
+                added.chunk_p99_us,
+                ADDED_CHUNK_P99_GOAL_US,
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_routes_the_public_model_to_the_mock() {
-        let yaml = tollgate_config(
-            local(8080),
-            local(9090),
-            local(7070),
-            2,
-            Path::new("/tmp/u.db"),
-        );
-        assert!(yaml.contains("listen: [\"127.0.0.1:8080\"]"), "{yaml}");
-        // Everything on: the key the load sends, its limits and budget, the ledger.
-        assert!(yaml.contains(&format!("key: {BENCH_KEY}")));
-        assert!(yaml.contains("limits:") && yaml.contains("budget:"));
-        assert!(yaml.contains("ledger: { path: \"/tmp/u.db\" }"));
-        assert!(yaml.contains("admin_listen: \"127.0.0.1:9090\""));
-        assert!(yaml.contains("threads: 2"));
-        assert!(yaml.contains("base_url: \"http://127.0.0.1:7070\""));
-        assert!(yaml.contains("- name: bench-model"));
-        assert!(yaml.contains("model: mock-gpt }]"));
-    }
 
     #[test]
     fn all_means_every_scenario_in_order() {
