@@ -31,8 +31,9 @@ pub fn client(connections: usize) -> HttpClient {
         .build(connector)
 }
 
-/// The virtual key the benchmark's gateway knows; the mock and the bare proxy ignore it.
-pub const BENCH_KEY: &str = "sk-bench";
+/// The virtual key the benchmark's gateways know (LiteLLM's master key too, which must not
+/// look weak); the mock and the bare proxy ignore it.
+pub const BENCH_KEY: &str = "sk-bench-4c1f9e07a2d85b36e9f04d7a1c62b8e3";
 
 pub(crate) fn post(uri: &Uri, body: Bytes) -> Request<Full<Bytes>> {
     Request::post(uri.clone())

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 use crate::launch::{local, PROVIDER_MODEL, PUBLIC_MODEL};
+use crate::load::BENCH_KEY;
 use crate::procs::{free_port, get_is_ok, Procs};
 
 /// LiteLLM imports a large Python tree before it listens.
@@ -163,7 +164,8 @@ http {{
     )
 }
 
-/// LiteLLM's proxy with one OpenAI-compatible deployment: the mock.
+/// LiteLLM's proxy with one OpenAI-compatible deployment, the mock, and the benchmark's key
+/// as its master key (LiteLLM refuses to start without one).
 fn litellm_config(mock: SocketAddr) -> String {
     format!(
         "model_list:
@@ -172,6 +174,8 @@ fn litellm_config(mock: SocketAddr) -> String {
       model: openai/{PROVIDER_MODEL}
       api_base: http://{mock}/v1
       api_key: sk-mock
+general_settings:
+  master_key: {BENCH_KEY}
 "
     )
 }
@@ -197,6 +201,7 @@ mod tests {
         assert!(conf.contains("model_name: bench-model"));
         assert!(conf.contains("model: openai/mock-gpt"));
         assert!(conf.contains("api_base: http://127.0.0.1:7070/v1"));
+        assert!(conf.contains(&format!("master_key: {BENCH_KEY}")));
     }
 
     #[test]

@@ -127,7 +127,12 @@ impl Comparison {
     }
 
     pub fn tollgate_rps(&self) -> Option<f64> {
-        self.row("tollgate").map(|row| row.rps)
+        self.rps("tollgate")
+    }
+
+    /// A path's closed-loop requests per second.
+    pub fn rps(&self, name: &str) -> Option<f64> {
+        self.row(name).map(|row| row.rps)
     }
 
     fn added_p50_us(&self) -> Option<i64> {
@@ -188,6 +193,8 @@ pub struct OpenLoop {
     pub rate: f64,
     pub stream: bool,
     pub paths: Vec<(&'static str, OpenRow)>,
+    /// Paths left out because their maximum throughput is below the rate.
+    pub skipped: Vec<&'static str>,
 }
 
 /// Microseconds Tollgate adds at p99 over one baseline.
@@ -248,6 +255,13 @@ impl OpenLoop {
                 );
             }
             let _ = writeln!(out, " {:>8} {:>8}", row.completed, row.errors);
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(
+                out,
+                "not run (maximum below this rate): {}",
+                self.skipped.join(", ")
+            );
         }
         for base in ["direct", "bare"] {
             let Some(added) = self.added_over(base) else {
@@ -436,6 +450,7 @@ mod tests {
                 ("bare", open_row(1_200, 500, 50)),
                 ("tollgate", open_row(1_450, 650, 60)),
             ],
+            skipped: vec!["litellm"],
         };
         let added = open.added_over("bare").unwrap();
         assert_eq!(
@@ -448,6 +463,10 @@ mod tests {
         );
         let table = open.table("stream");
         assert!(table.contains("ttft p99"), "{table}");
+        assert!(
+            table.contains("not run (maximum below this rate): litellm"),
+            "{table}"
+        );
         assert!(table.contains("tollgate p99 added over bare  : latency +250 µs, time to first token +150 µs, per chunk +10 µs"), "{table}");
         assert!(
             table.contains("tollgate p99 added over direct: latency +450 µs"),
@@ -481,5 +500,7 @@ mod tests {
         assert_eq!(v["nginx_over_bare"]["rps"], 0.9);
         assert_eq!(sample().tollgate_over_bare_rps(), Some(0.8));
         assert_eq!(sample().tollgate_rps(), Some(8_000.0));
+        assert_eq!(sample().rps("nginx"), Some(9_000.0));
+        assert_eq!(sample().rps("litellm"), None);
     }
 }

@@ -207,8 +207,13 @@ fn measure_scenario(
         });
     }
     let schedule = openloop::arrivals(rate, WARMUP + Duration::from_secs(cli.duration), cli.seed);
-    let mut paths = Vec::new();
+    let (mut paths, mut skipped) = (Vec::new(), Vec::new());
     for target in targets {
+        // A path that cannot keep up would only queue for the whole run.
+        if closed.rps(target.name).is_some_and(|max| max < rate) {
+            skipped.push(target.name);
+            continue;
+        }
         eprintln!("open loop: {} via {} ...", scenario.name(), target.name);
         let uri = chat_uri(target.addr)?;
         let body = scenario.body(target.model);
@@ -228,6 +233,7 @@ fn measure_scenario(
         rate,
         stream: scenario == Scenario::Stream,
         paths,
+        skipped,
     };
     println!(
         "{}",

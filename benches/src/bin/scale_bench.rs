@@ -428,7 +428,7 @@ fn soak(args: &SoakArgs) -> Result<(), String> {
             args.stream_share
         ));
     }
-    if !(args.rate > 0.0) {
+    if args.rate.is_nan() || args.rate <= 0.0 {
         return Err(format!("--rate {} must be above 0", args.rate));
     }
     let mut procs = Procs::new()?;
