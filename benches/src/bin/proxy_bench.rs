@@ -18,7 +18,7 @@ use tollgate_benches::load::{self, Spec};
 use tollgate_benches::openloop;
 use tollgate_benches::peers::Peer;
 use tollgate_benches::procs::{accepts_tcp, free_port, Procs};
-use tollgate_benches::report::{Comparison, OpenLoop, OpenRow, Row};
+use tollgate_benches::report::{Added, Comparison, OpenLoop, OpenRow, Row};
 use tollgate_benches::scenario::Scenario;
 
 const WARMUP: Duration = Duration::from_secs(1);
@@ -365,36 +365,42 @@ fn goals(results: &[Measured]) -> String {
     let mut out = String::from("== goals, Tollgate with everything on ==\n");
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
     for m in results {
+        let name = m.scenario.name();
         if let Some(r) = m.closed.tollgate_over_bare_rps() {
             out += &format!(
-                "{:<7} throughput {:.2}x bare (goal >= {THROUGHPUT_GOAL:.2}x): {}\n",
-                m.scenario.name(),
-                r,
+                "{name:<7} throughput {r:.2}x bare (goal >= {THROUGHPUT_GOAL:.2}x): {}\n",
                 verdict(r >= THROUGHPUT_GOAL)
             );
         }
-        let Some(added) = m.open.as_ref().and_then(|open| open.added_over("direct")) else {
+        let Some(open) = &m.open else {
             continue;
         };
-        let mut check = |what: &str, us: Option<i64>, goal: i64| {
-            if let Some(us) = us {
+        // Over direct: the whole hop a client pays for; over bare: what Tollgate adds to a
+        // Pingora proxy that only forwards.
+        let (Some(direct), Some(bare)) = (open.added_over("direct"), open.added_over("bare"))
+        else {
+            continue;
+        };
+        let mut check = |what: &str, pick: fn(&Added) -> Option<i64>, goal: i64| {
+            if let (Some(d), Some(b)) = (pick(&direct), pick(&bare)) {
                 out += &format!(
-                    "{:<7} {what} p99 added at half load {us:+} µs over direct (goal <= {goal} µs): {}\n",
-                    m.scenario.name(),
-                    verdict(us <= goal)
+                    "{name:<7} {what} p99 added at half load (goal <= {goal} µs): \
+                     {d:+} µs over direct, {}; {b:+} µs over bare, {}\n",
+                    verdict(d <= goal),
+                    verdict(b <= goal)
                 );
             }
         };
-        check("latency", added.total_p99_us, ADDED_P99_GOAL_US);
-        if m.scenario == Scenario::Stream {
+        check("latency", |a| a.total_p99_us, ADDED_P99_GOAL_US);
+        if open.stream {
             check(
                 "time to first token",
-                added.ttft_p99_us,
+                |a| a.ttft_p99_us,
                 ADDED_TTFT_P99_GOAL_US,
             );
             check(
                 "per-chunk latency",
-                added.chunk_p99_us,
+                |a| a.chunk_p99_us,
                 ADDED_CHUNK_P99_GOAL_US,
             );
         }
@@ -405,6 +411,61 @@ fn goals(results: &[Measured]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn goals_judge_throughput_and_what_is_added_over_both_baselines() {
+        use tollgate_benches::report::Percentiles;
+        let row = |rps| Row {
+            rps,
+            p50_us: Some(500),
+            p90_us: Some(600),
+            p99_us: Some(900),
+            p999_us: Some(1_000),
+            errors: 0,
+        };
+        let open_row = |p99, ttft, chunk| {
+            let p = |v| Percentiles {
+                p50: Some(v / 2),
+                p99: Some(v),
+                p999: Some(v),
+            };
+            OpenRow {
+                total: p(p99),
+                ttft: p(ttft),
+                chunk: p(chunk),
+                completed: 10,
+                errors: 0,
+            }
+        };
+        let stream = Measured {
+            scenario: Scenario::Stream,
+            closed: Comparison {
+                paths: vec![
+                    ("direct", row(300.0)),
+                    ("bare", row(200.0)),
+                    ("tollgate", row(190.0)),
+                ],
+            },
+            open: Some(OpenLoop {
+                rate: 95.0,
+                stream: true,
+                paths: vec![
+                    ("direct", open_row(1_000, 500, 100)),
+                    ("bare", open_row(1_400, 900, 130)),
+                    ("tollgate", open_row(1_600, 1_000, 170)),
+                ],
+                skipped: Vec::new(),
+            }),
+        };
+        let text = goals(&[stream]);
+        assert!(
+            text.contains("stream  throughput 0.95x bare (goal >= 0.90x): met"),
+            "{text}"
+        );
+        assert!(text.contains("latency p99 added at half load (goal <= 300 µs): +600 µs over direct, MISSED; +200 µs over bare, met"), "{text}");
+        assert!(text.contains("time to first token p99 added at half load (goal <= 1000 µs): +500 µs over direct, met; +100 µs over bare, met"), "{text}");
+        assert!(text.contains("per-chunk latency p99 added at half load (goal <= 50 µs): +70 µs over direct, MISSED; +40 µs over bare, met"), "{text}");
+    }
 
     #[test]
     fn all_means_every_scenario_in_order() {
