@@ -41,9 +41,9 @@ pub fn arrivals(rate: f64, duration: Duration, seed: u64) -> Vec<Duration> {
 /// How one request went.
 #[derive(Clone, Debug)]
 pub struct Sample {
-    /// From the request's due time to the first generated text; streams only.
+    /// From the request's dispatch to the first generated text; streams only.
     pub ttft: Option<Duration>,
-    /// From the request's due time to the end of the answer.
+    /// From the request's dispatch to the end of the answer.
     pub total: Duration,
     /// For each stamped chunk (`tollgate-mock --stamp-chunks`), microseconds from the mock
     /// rendering it to this client reading it.
@@ -140,14 +140,13 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// One request dispatched at `due`, its answer read to the end.
+/// One request dispatched at `sent`, its answer read to the end.
 async fn exchange(
     client: &HttpClient,
     uri: &Uri,
     body: Bytes,
-    due: Instant,
+    sent: Instant,
 ) -> Result<Sample, String> {
-    let sent = due;
     let resp = client
         .request(post(uri, body))
         .await
@@ -201,14 +200,17 @@ pub async fn run(
         tokio::time::sleep_until(start + *at).await;
         // Timed from here, not from the due time: the timer wakes in whole milliseconds, and
         // its lateness is the load generator's, not the path's.
-        let due = Instant::now();
+        let dispatched = Instant::now();
         let (client, uri, body, slots) = (client.clone(), uri.clone(), bodies(i), slots.clone());
         let measured = *at >= measure_from;
         tasks.push(tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return (measured, Err("the load generator stopped".to_owned()));
             };
-            (measured, timed(exchange(&client, &uri, body, due)).await)
+            (
+                measured,
+                timed(exchange(&client, &uri, body, dispatched)).await,
+            )
         }));
     }
     let mut outcome = Outcome::new();

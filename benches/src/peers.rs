@@ -75,36 +75,40 @@ impl Peer {
         let listen = local(free_port()?);
         let dir = procs.dir().join(self.name());
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let port = listen.port().to_string();
-        let workers_arg = workers.to_string();
-        let (config, args, ready_path, timeout): (String, Vec<String>, &str, Duration) = match self
-        {
+        let config_path = dir.join("config");
+        let config_arg = path_str(&config_path)?;
+        let (config, args, ready_path, timeout) = match self {
             Peer::Nginx => (
                 nginx_config(&dir, listen, mock, workers),
-                vec!["-p".into(), path_str(&dir)?, "-c".into()],
+                vec![
+                    "-p".to_owned(),
+                    path_str(&dir)?,
+                    "-c".to_owned(),
+                    config_arg,
+                ],
                 "/nginx-ready",
                 NGINX_START_TIMEOUT,
             ),
             Peer::Litellm => (
                 litellm_config(mock),
-                vec![
-                    "--host".into(),
-                    "127.0.0.1".into(),
-                    "--port".into(),
-                    port,
-                    "--num_workers".into(),
-                    workers_arg,
-                    "--config".into(),
-                ],
+                [
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &listen.port().to_string(),
+                    "--num_workers",
+                    &workers.to_string(),
+                    "--config",
+                    &config_arg,
+                ]
+                .map(str::to_owned)
+                .to_vec(),
                 "/health/liveliness",
                 LITELLM_START_TIMEOUT,
             ),
         };
-        let config_path = dir.join("config");
         fs::write(&config_path, config)
             .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
-        let mut args = args;
-        args.push(path_str(&config_path)?);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         procs.spawn(self.name(), &program, &args)?;
         procs.wait_until(self.name(), timeout, || {
