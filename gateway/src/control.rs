@@ -1,7 +1,8 @@
 //! The control plane: hot reload (file change, SIGHUP, `POST /admin/reload`) through one
-//! `ArcSwap<Runtime>`, periodic DNS refresh, and the draining flag for `/readyz`.
+//! `ArcSwap<Runtime>`, periodic DNS refresh, and the drain once SIGTERM arrives.
 
 use crate::config::{self, ConfigError, Runtime};
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::providers::Provider;
 use arc_swap::ArcSwap;
@@ -11,7 +12,6 @@ use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -29,7 +29,7 @@ pub struct Control {
     metrics: Arc<Metrics>,
     /// Serializes reloads and remembers the file version last loaded.
     last_stamp: tokio::sync::Mutex<Option<FileStamp>>,
-    draining: AtomicBool,
+    drain: Arc<Drain>,
 }
 
 /// Identifies one version of the config file, following symlinks, so both in-place writes
@@ -55,14 +55,19 @@ impl FileStamp {
 }
 
 impl Control {
-    pub fn new(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Control {
+    pub fn new(
+        path: PathBuf,
+        runtime: Arc<ArcSwap<Runtime>>,
+        metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
+    ) -> Control {
         let stamp = FileStamp::of(&path);
         Control {
             path,
             runtime,
             metrics,
             last_stamp: tokio::sync::Mutex::new(stamp),
-            draining: AtomicBool::new(false),
+            drain,
         }
     }
 
@@ -71,7 +76,7 @@ impl Control {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.drain.is_draining()
     }
 
     /// Loads and validates the file, then swaps it in; on error the running config stays.
@@ -176,8 +181,7 @@ impl BackgroundService for Control {
             tokio::select! {
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
-                        self.draining.store(true, Ordering::Relaxed);
-                        log::info!("shutting down: draining in-flight requests");
+                        self.drain.run().await;
                         return;
                     }
                 }

@@ -40,6 +40,8 @@ pub enum GatewayError {
     NoEligibleTarget { model: String, why: String },
     /// The client went away; nothing more can be sent.
     ClientGone,
+    /// 503: the grace period of a graceful shutdown ended before the answer did.
+    ShuttingDown,
     /// Something failed inside the serving machinery itself, with the status it maps to.
     Internal { status: u16 },
     /// 429: a rate limit or budget (503 when the shared limits store is unavailable).
@@ -57,7 +59,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::UpstreamFailed(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
-            GatewayError::NoEligibleTarget { .. } => 503,
+            GatewayError::NoEligibleTarget { .. } | GatewayError::ShuttingDown => 503,
             // nginx's convention; logged, never sent.
             GatewayError::ClientGone => 499,
             GatewayError::Internal { status } => *status,
@@ -96,6 +98,7 @@ impl GatewayError {
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::NoEligibleTarget { .. } => "upstream_error",
             GatewayError::Internal { status } if *status >= 500 => "server_error",
+            GatewayError::ShuttingDown => "server_error",
             GatewayError::Refused(Refusal::Rate { dimension, .. })
             | GatewayError::Refused(Refusal::TooLarge { dimension, .. }) => dimension.as_str(),
             GatewayError::Refused(Refusal::Budget { .. }) => "insufficient_quota",
@@ -119,6 +122,7 @@ impl GatewayError {
             GatewayError::NoEligibleTarget { .. } => "no_eligible_target",
             GatewayError::ContextLengthExceeded { .. } => "context_length_exceeded",
             GatewayError::ClientGone => "client_closed_request",
+            GatewayError::ShuttingDown => "server_shutting_down",
             GatewayError::Internal { .. } => "internal_error",
             GatewayError::Refused(Refusal::Budget { .. }) => "budget_exceeded",
             GatewayError::Refused(Refusal::Unavailable) => "limits_unavailable",
@@ -227,6 +231,9 @@ impl fmt::Display for GatewayError {
                 "No target of model `{model}` can take requests right now: {why}."
             ),
             GatewayError::ClientGone => f.write_str("The client closed the connection."),
+            GatewayError::ShuttingDown => f.write_str(
+                "The gateway is shutting down and could not finish this answer; retry the request.",
+            ),
             GatewayError::Internal { status } if *status < 500 => {
                 f.write_str("The request could not be processed.")
             }

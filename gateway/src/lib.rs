@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod health;
 pub mod metering;

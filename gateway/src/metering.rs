@@ -5,21 +5,34 @@ use crate::catalog::{Prices, Tokenizer};
 use crate::providers::chat::{StreamEvent, Usage};
 use crate::providers::transcode::UpstreamStream;
 use crate::providers::{anthropic, openai_upstream, ProviderKind};
-use crate::tokens::{self, PromptSize};
+use crate::tokens::{self, PromptSize, Sample};
 use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tollgate_plugins::sse::{encode_data, SseParser};
 use tollgate_plugins::Metered;
 
+/// Generated text kept for an estimate: beyond it, the count is extrapolated.
+const MAX_GENERATED_SAMPLE: usize = 1024 * 1024;
+
 /// What an answer has said about its usage so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UsageCounter {
     reported: Option<Usage>,
     /// Text and tool-call arguments generated so far, for an estimate when no usage comes.
-    generated: String,
+    generated: Sample,
     /// The provider never reports usage (Triton): its figures are the gateway's own count.
     estimated_by_adapter: bool,
+}
+
+impl Default for UsageCounter {
+    fn default() -> UsageCounter {
+        UsageCounter {
+            reported: None,
+            generated: Sample::new(MAX_GENERATED_SAMPLE),
+            estimated_by_adapter: false,
+        }
+    }
 }
 
 impl UsageCounter {
@@ -34,9 +47,9 @@ impl UsageCounter {
         match event {
             StreamEvent::Usage(usage) => self.report(*usage),
             // Once the provider has counted, its figures are the truth; keep no text.
-            StreamEvent::Text(text) if self.reported.is_none() => self.generated.push_str(text),
+            StreamEvent::Text(text) if self.reported.is_none() => self.generated.push(text),
             StreamEvent::ToolCallArguments { fragment, .. } if self.reported.is_none() => {
-                self.generated.push_str(fragment)
+                self.generated.push(fragment)
             }
             _ => {}
         }
@@ -45,7 +58,31 @@ impl UsageCounter {
     /// Usage is cumulative: the last report counts.
     pub fn report(&mut self, usage: Usage) {
         self.reported = Some(usage);
-        self.generated = String::new();
+        self.generated = Sample::new(MAX_GENERATED_SAMPLE);
+    }
+
+    /// Bytes `settle` may have to count: more than `tokens::INLINE_BYTES` belongs on the
+    /// counting pool.
+    pub fn settle_cost(&self, request_body: &[u8]) -> usize {
+        match self.reported {
+            Some(_) => 0,
+            None => request_body.len() + self.generated.len().min(MAX_GENERATED_SAMPLE),
+        }
+    }
+
+    /// As `settle`, with lengths in place of the tokenizer, for where counting is no option.
+    pub fn settle_by_length(&self, request_body_len: usize) -> (Usage, bool) {
+        match self.reported {
+            Some(usage) => (usage, self.estimated_by_adapter),
+            None => (
+                Usage {
+                    input: tokens::by_length(request_body_len),
+                    cached_input: 0,
+                    output: tokens::by_length(self.generated.len()),
+                },
+                true,
+            ),
+        }
     }
 
     /// The usage to bill: the provider's report, else an estimate of the prompt (counted
@@ -55,7 +92,7 @@ impl UsageCounter {
             return (usage, self.estimated_by_adapter);
         }
         let input = PromptSize::from_body(request_body).map_or(0, |p| p.exact(tokenizer));
-        let output = tokens::count(tokenizer, &self.generated);
+        let output = self.generated.count(tokenizer);
         (
             Usage {
                 input,

@@ -4,6 +4,7 @@
 use crate::admin::Admin;
 use crate::config::Runtime;
 use crate::control::{resolve_endpoints, Control};
+use crate::drain::Drain;
 use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -22,6 +23,7 @@ use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpSocket;
 use tollgate_plugins::ledger::Ledger;
 use tollgate_plugins::limits::Limiter;
@@ -99,10 +101,12 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
     raise_open_file_limit();
     let settings = &runtime.server;
     let scratch = std::env::temp_dir().join(format!("tollgate-{}", std::process::id()));
+    let grace_seconds = settings.shutdown_grace.as_secs_f64().ceil() as u64;
+    let drain = Arc::new(Drain::new(Duration::from_secs(grace_seconds)));
     let conf = ServerConf {
         threads: settings.threads,
         // Pingora sleeps this long after SIGTERM while in-flight requests finish.
-        grace_period_seconds: Some(settings.shutdown_grace.as_secs_f64().ceil() as u64),
+        grace_period_seconds: Some(grace_seconds),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 256,
         // Per-process paths, so several gateways can run side by side.
@@ -144,6 +148,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         metrics.clone(),
         ledger.clone(),
         limiter.clone(),
+        drain.clone(),
     );
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "tollgate");
     if let Some(app) = proxy.app_logic_mut() {
@@ -168,7 +173,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
             ))),
         )),
     );
-    let control = Arc::new(Control::new(config_path, runtime, metrics.clone()));
+    let control = Arc::new(Control::new(config_path, runtime, metrics.clone(), drain));
     let mut admin = Service::new(
         "tollgate admin".to_string(),
         Admin::new(control.clone(), metrics.clone(), ledger.clone(), limiter),
@@ -187,7 +192,10 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
     if let Some(ledger) = ledger {
         server.add_service(GenBackgroundService::new(
             "tollgate ledger".to_string(),
-            Arc::new(LedgerCloser { ledger }),
+            Arc::new(LedgerCloser {
+                ledger,
+                in_flight: metrics.in_flight.clone(),
+            }),
         ));
     }
     server.run_forever();

@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use prometheus::IntGauge;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use tollgate_plugins::ledger::{parse_time, GroupBy, Ledger, UsageQuery};
 
 /// How long the last batch may take to commit when the process ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the ledger waits at the end for requests whose tasks are being dropped to settle.
+const SETTLE_WAIT: Duration = Duration::from_millis(500);
 
 /// Commits the ledger's queue when the gateway stops. Pingora ends a graceful shutdown by
 /// dropping every service's tasks once the grace period (in which requests finish and
@@ -18,13 +21,21 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// is the one place that sees that moment.
 pub struct LedgerCloser {
     pub ledger: Arc<Ledger>,
+    /// Requests not settled yet: those dropped with their tasks settle as they go.
+    pub in_flight: IntGauge,
 }
 
 /// Closes the ledger when dropped.
-struct CloseOnDrop(Arc<Ledger>);
+struct CloseOnDrop(Arc<Ledger>, IntGauge);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
+        // The data plane's tasks are dropped at the same moment, on another thread: their
+        // requests settle into the ledger on the way.
+        let deadline = std::time::Instant::now() + SETTLE_WAIT;
+        while self.1.get() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.0.close(CLOSE_TIMEOUT);
         log::info!(
             "ledger closed: {} rows written, {} overflowed",
@@ -37,7 +48,7 @@ impl Drop for CloseOnDrop {
 #[async_trait]
 impl BackgroundService for LedgerCloser {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let _close = CloseOnDrop(self.ledger.clone());
+        let _close = CloseOnDrop(self.ledger.clone(), self.in_flight.clone());
         std::future::pending::<()>().await;
     }
 }

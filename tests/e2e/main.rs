@@ -9,6 +9,7 @@ mod errors;
 mod failover;
 mod geo;
 mod gpu;
+mod hardening;
 mod k6;
 mod ledger;
 mod limits;

@@ -321,7 +321,7 @@ impl Dialect {
                 template,
                 tokenizer,
             } => {
-                let input = crate::tokens::count(tokenizer, &template.render(chat));
+                let input = crate::tokens::estimate(tokenizer, &template.render(chat));
                 UpstreamStream::Triton(triton::StreamParser::new(input, chat.max_tokens, tokenizer))
             }
         }

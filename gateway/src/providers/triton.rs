@@ -7,7 +7,7 @@ use super::chat::{
 };
 use super::Provider;
 use crate::catalog::Tokenizer;
-use crate::tokens;
+use crate::tokens::{self, Sample};
 use crate::upstream::Endpoint;
 use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
@@ -181,9 +181,9 @@ pub fn parse_response(
     // client asked for the reply only.
     let text = output.strip_prefix(prompt.as_str()).unwrap_or(output);
     let usage = Usage {
-        input: tokens::count(tokenizer, &prompt),
+        input: tokens::estimate(tokenizer, &prompt),
         cached_input: 0,
-        output: tokens::count(tokenizer, text),
+        output: tokens::estimate(tokenizer, text),
     };
     Ok(ChatResponse {
         id: str_field(object, "id").to_string(),
@@ -211,8 +211,9 @@ pub struct StreamParser {
     started: bool,
     failed: bool,
     finished: bool,
-    /// Everything generated so far, counted once at the end rather than per delta.
-    text: String,
+    /// What was generated, counted once at the end rather than per delta (inline: a sample
+    /// small enough to count on the worker, extrapolated beyond).
+    text: Sample,
 }
 
 impl StreamParser {
@@ -225,7 +226,7 @@ impl StreamParser {
             started: false,
             failed: false,
             finished: false,
-            text: String::new(),
+            text: Sample::new(tokens::INLINE_BYTES),
         }
     }
 
@@ -249,7 +250,7 @@ impl StreamParser {
         }
         let delta = str_field(&object, "text_output");
         if !delta.is_empty() {
-            self.text.push_str(delta);
+            self.text.push(delta);
             out.push(StreamEvent::Text(delta.to_string()));
         }
     }
@@ -261,7 +262,7 @@ impl StreamParser {
             return;
         }
         self.finished = true;
-        let output = tokens::count(self.tokenizer, &self.text);
+        let output = self.text.count(self.tokenizer);
         if !self.failed {
             out.push(StreamEvent::Finish(finish_reason(output, self.max_tokens)));
         }

@@ -26,7 +26,7 @@ pub struct Admitted<'m> {
     pub route: Cow<'static, str>,
 }
 
-pub fn admit<'m>(
+pub async fn admit<'m>(
     session: &Session,
     rt: &Runtime,
     model: &'m Model,
@@ -39,6 +39,12 @@ pub fn admit<'m>(
         || matches!(model.strategy, Strategy::Cost | Strategy::GpuAware)
         || model.rules.iter().any(|r| r.needs_prompt());
     let prompt = needs_prompt.then(|| PromptSize::from_body(&body)).flatten();
+    if let Some(prompt) = &prompt {
+        // A long prompt is counted on the counting pool, before the policies ask for it.
+        if needs_count(model, prompt) {
+            prompt.count_ahead(&tokenizers(model)).await;
+        }
+    }
     // A target whose provider cannot serve this operation (embeddings from Anthropic) is out.
     let mut allowed: Vec<bool> = model
         .targets
@@ -52,7 +58,7 @@ pub fn admit<'m>(
         (policy, _) => policy,
     };
     if let (Some(policy), Some(prompt)) = (policy, &prompt) {
-        let outcome = context::apply(policy, model, prompt, &body)?;
+        let outcome = context::apply(policy, model, prompt, &body).await?;
         for (allowed, fits) in allowed.iter_mut().zip(outcome.allowed) {
             *allowed &= fits;
         }
@@ -122,4 +128,34 @@ pub fn admit<'m>(
         truncated,
         route,
     })
+}
+
+/// Whether a policy or rule of `model` may need the exact count of `prompt`: its byte bound
+/// does not settle a context window or a token threshold.
+fn needs_count(model: &Model, prompt: &PromptSize) -> bool {
+    let bound = prompt.bound();
+    let with_output = bound.saturating_add(prompt.requested_output);
+    let windows = (model.context.is_some() || model.strategy == Strategy::Cost)
+        && model.targets.iter().any(|t| {
+            t.facts
+                .and_then(|f| f.context_window)
+                .is_some_and(|window| with_output > window)
+        });
+    let thresholds = model.rules.iter().any(|rule| {
+        rule.prompt_tokens_below.is_some_and(|below| bound >= below)
+            || rule.prompt_tokens_above.is_some_and(|above| bound > above)
+    });
+    windows || thresholds
+}
+
+/// The tokenizers of a model's targets, each once.
+fn tokenizers(model: &Model) -> Vec<Tokenizer> {
+    let mut all: Vec<Tokenizer> = Vec::with_capacity(2);
+    for target in &model.targets {
+        let tokenizer = target.facts.map_or(Tokenizer::Cl100k, |f| f.tokenizer);
+        if !all.contains(&tokenizer) {
+            all.push(tokenizer);
+        }
+    }
+    all
 }

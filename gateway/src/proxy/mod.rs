@@ -6,14 +6,16 @@ mod quota;
 mod relay;
 pub mod request;
 mod respond;
+mod settle;
 pub mod stages;
 mod upstream_call;
 
-use crate::catalog::{ModelFacts, Tokenizer};
+use crate::catalog::ModelFacts;
 use crate::config::runtime::{Key, Model, Target};
 use crate::config::Runtime;
+use crate::drain::Drain;
 use crate::error::GatewayError;
-use crate::metering::{self, UsageCounter, UsageShown};
+use crate::metering::{UsageCounter, UsageShown};
 use crate::metrics::Metrics;
 use crate::providers::chat::ChatRequest;
 use crate::providers::{ClientFormat, Dialect, Operation, Provider, ProviderKind};
@@ -28,13 +30,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use relay::Translation;
 use request::{RequestHead, UsageReports};
 use serde_json::json;
+use settle::Accounts;
 use stages::{Stage, Stages};
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_plugins::ledger::Ledger;
 use tollgate_plugins::limits::{Grant, Limiter, Quota, Refusal};
-use tollgate_plugins::{Plugin, Settlement};
 use upstream_call::{retry_after, Call, Failure};
 
 /// Chargeback tags longer than this are cut: they land in every ledger row.
@@ -62,11 +64,10 @@ enum Attempt {
 pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
     connector: Connector,
+    accounts: Arc<Accounts>,
     metrics: Arc<Metrics>,
-    /// Lives as long as the process, across reloads.
-    ledger: Option<Arc<Ledger>>,
-    /// Limits and budgets; its state lives as long as the process.
     limiter: Arc<Limiter>,
+    drain: Arc<Drain>,
 }
 
 impl Gateway {
@@ -76,13 +77,19 @@ impl Gateway {
         metrics: Arc<Metrics>,
         ledger: Option<Arc<Ledger>>,
         limiter: Arc<Limiter>,
+        drain: Arc<Drain>,
     ) -> Self {
         Gateway {
             runtime,
             connector,
+            accounts: Arc::new(Accounts {
+                metrics: metrics.clone(),
+                ledger,
+                limiter: limiter.clone(),
+            }),
             metrics,
-            ledger,
             limiter,
+            drain,
         }
     }
 }
@@ -91,6 +98,14 @@ impl Gateway {
 pub struct RequestCtx {
     started: Instant,
     request_id: String,
+    /// Set while the request is counted in flight and has yet to settle.
+    accounts: Option<Arc<Accounts>>,
+    /// Metrics, plugins and the ledger have their record of the request.
+    recorded: bool,
+    /// The status sent to the client so far (0 for none).
+    status: u16,
+    method: http::Method,
+    path: String,
     /// The config snapshot this request runs on from start to end.
     runtime: Option<Arc<Runtime>>,
     key_id: Option<String>,
@@ -141,6 +156,11 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
+            accounts: None,
+            recorded: false,
+            status: 0,
+            method: http::Method::GET,
+            path: String::new(),
             runtime: None,
             key_id: None,
             model: None,
@@ -168,8 +188,11 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
         ctx.started_at = SystemTime::now();
-        self.metrics.in_flight.inc();
+        ctx.open(&self.accounts);
         ctx.request_id = request_id(session.get_header("x-request-id"));
+        let req = session.req_header();
+        ctx.method = req.method.clone();
+        ctx.path = req.uri.path().to_string();
         let runtime = self.runtime.load_full();
         ctx.runtime = Some(runtime.clone());
         match self.serve(session, ctx, &runtime).await {
@@ -232,82 +255,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let metering = Instant::now();
-        let metered = ctx.usage.as_ref().map(|counter| {
-            let tokenizer = ctx.facts.map_or(Tokenizer::Cl100k, |f| f.tokenizer);
-            let (usage, estimated) = counter.settle(&ctx.body, tokenizer);
-            metering::metered(usage, estimated, ctx.facts.and_then(|f| f.prices))
-        });
-        if metered.is_some() {
-            ctx.stages.add(Stage::Meter, metering.elapsed());
-        }
-        let logging = Instant::now();
-        let model = ctx.model.as_deref().unwrap_or("");
-        let provider = ctx.provider.as_deref().unwrap_or("");
-        // Metrics first: whatever reads the ledger finds them up to date.
-        if let Some(m) = metered {
-            let team = ctx.team.as_deref().unwrap_or("");
-            self.metrics.record_usage(model, provider, team, &m);
-        }
-        if let Some(ttft) = ctx.time_to_first_token {
-            self.metrics
-                .time_to_first_token
-                .with_label_values(&[model, provider])
-                .observe(ttft.as_secs_f64());
-        }
-        self.metrics
-            .requests
-            .with_label_values(&[model, provider, status_label(status), "off"])
-            .inc();
-        let duration = ctx.started.elapsed();
-        self.metrics
-            .request_duration
-            .with_label_values(&[model, provider])
-            .observe(duration.as_secs_f64());
-        if !provider.is_empty() {
-            self.metrics
-                .latency
-                .record(model, provider, duration, ctx.time_to_first_token);
-        }
-        if let Some(runtime) = &ctx.runtime {
-            let req = session.req_header();
-            let settlement = Settlement {
-                request_id: &ctx.request_id,
-                started_at: ctx.started_at,
-                method: req.method.as_str(),
-                path: req.uri.path(),
-                key_id: ctx.key_id.as_deref(),
-                team: ctx.team.as_deref(),
-                project: ctx.project.as_deref(),
-                tags: ctx.tags.as_deref(),
-                model: ctx.model.as_deref(),
-                provider: ctx.provider.as_deref(),
-                upstream_model: ctx.upstream_model.as_deref(),
-                status,
-                attempts: ctx.attempts,
-                duration,
-                time_to_first_token: ctx.time_to_first_token,
-                overhead: ctx.overhead(),
-                cache: "off",
-                metered,
-            };
-            for plugin in &runtime.plugins {
-                plugin.settle(&settlement);
-            }
-            if let Some(ledger) = &self.ledger {
-                ledger.settle(&settlement);
-            }
-            ctx.stages.add(Stage::Log, logging.elapsed());
-        }
-        self.metrics.record_stages(&ctx.stages);
-        // Reconciling limits may wait on Redis: after the gateway's own accounting.
-        for grant in ctx.grants.drain(..) {
-            self.limiter
-                .settle(grant, quota::actual(metered), SystemTime::now())
-                .await;
-        }
-        // Last: a graceful shutdown closes the ledger once nothing is in flight.
-        self.metrics.in_flight.dec();
+        ctx.settle(status).await;
     }
 }
 
@@ -318,8 +266,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         rt: &Runtime,
     ) -> std::result::Result<(), GatewayError> {
-        let method = session.req_header().method.as_str().to_string();
-        let path = session.req_header().uri.path().to_string();
+        let (method, path) = (ctx.method.as_str().to_string(), ctx.path.clone());
         if let Some(op) = Operation::from_path(&path) {
             if method != "POST" {
                 return Err(GatewayError::MethodNotAllowed { method, path });
@@ -393,7 +340,7 @@ impl Gateway {
             ctx.grants.push(grant);
         }
 
-        let admitted = admission::admit(session, rt, model, key.as_deref(), op, body)?;
+        let admitted = admission::admit(session, rt, model, key.as_deref(), op, body).await?;
         ctx.stages
             .add(Stage::Admission, admission_started.elapsed());
         let body = admitted.body;
@@ -423,7 +370,7 @@ impl Gateway {
                 break;
             };
             let provider_grant = match quota::provider_subject(&target.provider) {
-                None => None,
+                None => false,
                 Some(subject) => {
                     let demand =
                         quota::demand(&[subject.quota], model, op, body.len(), head.max_output);
@@ -432,7 +379,11 @@ impl Gateway {
                         .admit(&[subject], demand, SystemTime::now())
                         .await
                     {
-                        Ok(grant) => Some(grant),
+                        // Held by the request from now: settled however it ends.
+                        Ok(grant) => {
+                            ctx.grants.push(grant);
+                            true
+                        }
                         Err(refusal) => {
                             log::info!(
                                 "request {}: {} passed over, its quota is spent",
@@ -465,13 +416,10 @@ impl Gateway {
                 .attempt(session, ctx, &exchange, target, &endpoint)
                 .await
             {
-                Attempt::Done(result) => {
-                    ctx.grants.extend(provider_grant);
-                    return result;
-                }
+                Attempt::Done(result) => return result,
                 Attempt::Failed(failure) => failure,
             };
-            if let Some(grant) = provider_grant {
+            if let Some(grant) = provider_grant.then(|| ctx.grants.pop()).flatten() {
                 // Nothing was generated: the tokens go back.
                 self.limiter
                     .settle(grant, Default::default(), SystemTime::now())
@@ -623,6 +571,7 @@ impl Gateway {
                                         limits: relay::Limits {
                                             deadline: call.deadline,
                                             idle: target.provider.timeouts.idle,
+                                            cut: self.drain.watch(),
                                         },
                                         client_streaming: head.stream,
                                         first_chunk,
@@ -842,26 +791,4 @@ fn list_models(
         }),
     };
     Ok(Bytes::from(value.to_string()))
-}
-
-fn status_label(status: u16) -> &'static str {
-    match status {
-        0 => "0",
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s if s < 300 => "2xx",
-        s if s < 400 => "3xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
-    }
 }

@@ -5,6 +5,7 @@
 use super::stages::Stage;
 use super::upstream_call::UpstreamResponse;
 use super::RequestCtx;
+use crate::drain::Cut;
 use crate::error::GatewayError;
 use crate::metering::{
     body_usage, StreamMeter, StreamWire, UsageCounter, UsageShown, MAX_METERED_BODY,
@@ -49,6 +50,8 @@ pub struct Limits {
     pub deadline: Instant,
     /// Between two chunks.
     pub idle: Duration,
+    /// The end of a graceful shutdown's grace period.
+    pub cut: Cut,
 }
 
 /// What the client gets when the upstream speaks another dialect than the client.
@@ -144,7 +147,8 @@ enum BodyFilter {
         too_large: bool,
     },
     /// A stream re-spoken in the client's format.
-    Transcode(StreamTranscoder),
+    /// Boxed: its parsers and renderers outweigh the other variants.
+    Transcode(Box<StreamTranscoder>),
 }
 
 impl BodyFilter {
@@ -249,7 +253,7 @@ pub async fn relay(
                     ClientStream::Anthropic(anthropic_format::StreamRenderer::new(&chat.model))
                 }
             };
-            BodyFilter::Transcode(StreamTranscoder::new(from.stream(chat), client))
+            BodyFilter::Transcode(Box::new(StreamTranscoder::new(from.stream(chat), client)))
         }
         Translation::Translate { from, to, chat } => {
             return relay_whole(
@@ -292,7 +296,11 @@ async fn relay_body(
     client_streaming: bool,
 ) -> Result<(), GatewayError> {
     let status = upstream.header().status.as_u16();
-    let Limits { deadline, idle } = limits;
+    let Limits {
+        deadline,
+        idle,
+        mut cut,
+    } = limits;
     let header = upstream.header();
     let event_stream = header
         .headers
@@ -314,38 +322,36 @@ async fn relay_body(
         upstream.session.shutdown().await;
         return Err(GatewayError::ClientGone);
     }
+    ctx.status = status;
 
     loop {
         let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
         let read_started = Instant::now();
-        let next = match first_chunk.take() {
+        let read = match first_chunk.take() {
             Some(chunk) => Ok(Ok(Some(chunk))),
             None => tokio::select! {
-            // Upstream first: when data is already there, the client probe costs nothing.
-            biased;
-            read = pingora::time::timeout(wait, upstream.session.read_response_body()) => read,
-            // Resolves only when the client hangs up: stop generating tokens nobody reads.
-            _ = session.as_downstream_mut().read_body_or_idle(true) => {
-                upstream.session.shutdown().await;
-                return Err(GatewayError::ClientGone);
-            }
+                // Upstream first: when data is already there, the probes cost nothing.
+                biased;
+                read = pingora::time::timeout(wait, upstream.session.read_response_body()) => {
+                    read.map(|r| r.map_err(|e| broke(&e)))
+                }
+                // Resolves only when the client hangs up: stop generating tokens nobody reads.
+                _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                    upstream.session.shutdown().await;
+                    return Err(GatewayError::ClientGone);
+                }
+                _ = cut.arrived() => Ok(Err(GatewayError::ShuttingDown)),
             },
         };
         ctx.upstream_wait += read_started.elapsed();
-        let (data, after) = match next {
+        let (data, after) = match read {
             Ok(Ok(Some(chunk))) => {
                 let (data, after) = take_ready(&mut upstream.session, chunk).await;
-                (Some(data), after)
+                (Some(data), after.map_err(|e| broke(&e)))
             }
             Ok(Ok(None)) => break,
-            Ok(Err(e)) => (None, Err(e)),
-            Err(_) => (
-                None,
-                Err(pingora::Error::explain(
-                    pingora::ErrorType::ReadTimedout,
-                    "idle timeout",
-                )),
-            ),
+            Ok(Err(failure)) => (None, Err(failure)),
+            Err(_) => (None, Err(idle_timeout())),
         };
         let filtering = Instant::now();
         let data = data.map(|d| filter.chunk(d));
@@ -363,15 +369,7 @@ async fn relay_body(
         let failure = match after {
             Ok(false) => continue,
             Ok(true) => break,
-            Err(e) if matches!(e.etype(), pingora::ErrorType::ReadTimedout) => {
-                GatewayError::UpstreamTimeout(
-                    "no data from the upstream within the idle timeout".into(),
-                )
-            }
-            Err(e) => GatewayError::UpstreamFailed(format!(
-                "the upstream connection broke mid-response ({})",
-                e.etype().as_str().to_lowercase()
-            )),
+            Err(failure) => failure,
         };
         upstream.session.shutdown().await;
         if event_stream {
@@ -395,6 +393,18 @@ async fn relay_body(
         .release_http_session(upstream.session, &*upstream.peer, idle_timeout)
         .await;
     Ok(())
+}
+
+/// The upstream's connection failed mid-response.
+fn broke(e: &pingora::Error) -> GatewayError {
+    GatewayError::UpstreamFailed(format!(
+        "the upstream connection broke mid-response ({})",
+        e.etype().as_str().to_lowercase()
+    ))
+}
+
+fn idle_timeout() -> GatewayError {
+    GatewayError::UpstreamTimeout("no data from the upstream within the idle timeout".into())
 }
 
 /// Chunks already delivered together are written together, up to this many bytes.
@@ -438,7 +448,7 @@ async fn relay_whole(
     ctx: &mut RequestCtx,
     connector: &Connector,
     mut upstream: UpstreamResponse,
-    limits: Limits,
+    mut limits: Limits,
     first_chunk: Option<Bytes>,
     (dialect, client, chat): (Dialect, ClientFormat, &ChatRequest),
 ) -> Result<(), GatewayError> {
@@ -452,7 +462,13 @@ async fn relay_whole(
             .idle
             .min(limits.deadline.saturating_duration_since(Instant::now()));
         let waiting = Instant::now();
-        let read = pingora::time::timeout(wait, upstream.session.read_response_body()).await;
+        let read = tokio::select! {
+            read = pingora::time::timeout(wait, upstream.session.read_response_body()) => read,
+            _ = limits.cut.arrived() => {
+                upstream.session.shutdown().await;
+                return Err(GatewayError::ShuttingDown);
+            }
+        };
         ctx.upstream_wait += waiting.elapsed();
         match read {
             Ok(Ok(Some(chunk))) if body.len() + chunk.len() <= MAX_TRANSLATED_BODY => {
@@ -467,16 +483,11 @@ async fn relay_whole(
             }
             Ok(Err(e)) => {
                 upstream.session.shutdown().await;
-                return Err(GatewayError::UpstreamFailed(format!(
-                    "the upstream connection broke mid-response ({})",
-                    e.etype().as_str().to_lowercase()
-                )));
+                return Err(broke(&e));
             }
             Err(_) => {
                 upstream.session.shutdown().await;
-                return Err(GatewayError::UpstreamTimeout(
-                    "no data from the upstream within the idle timeout".into(),
-                ));
+                return Err(idle_timeout());
             }
         }
     }
@@ -533,6 +544,7 @@ async fn relay_whole(
         .write_response_header(Box::new(resp), false)
         .await
         .map_err(|_| GatewayError::ClientGone)?;
+    ctx.status = status;
     session
         .write_response_body(Some(bytes), true)
         .await

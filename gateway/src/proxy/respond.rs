@@ -8,13 +8,18 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
-pub async fn json(session: &mut Session, ctx: &RequestCtx, status: u16, body: Bytes) -> Result<()> {
+pub async fn json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Bytes,
+) -> Result<()> {
     with_headers(session, ctx, status, body, &[]).await
 }
 
 async fn with_headers(
     session: &mut Session,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     status: u16,
     body: Bytes,
     extra: &[(&'static str, String)],
@@ -35,11 +40,12 @@ async fn with_headers(
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
+    ctx.status = status;
     session.write_response_body(Some(body), true).await
 }
 
 /// The error in the client's own format.
-pub async fn error(session: &mut Session, ctx: &RequestCtx, e: &GatewayError) -> Result<()> {
+pub async fn error(session: &mut Session, ctx: &mut RequestCtx, e: &GatewayError) -> Result<()> {
     let body = match ctx.client {
         ClientFormat::OpenAi => e.body(),
         ClientFormat::Anthropic => e.anthropic_body(),

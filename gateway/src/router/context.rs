@@ -6,7 +6,7 @@
 use crate::catalog::Tokenizer;
 use crate::config::runtime::Model;
 use crate::error::GatewayError;
-use crate::tokens::{count, PromptSize};
+use crate::tokens::{count, off_worker, PromptSize, INLINE_BYTES};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -61,7 +61,7 @@ fn exceeded(window: u64, prompt: u64, output: u64) -> GatewayError {
     }
 }
 
-pub fn apply(
+pub async fn apply(
     policy: ContextPolicy,
     model: &Model,
     prompt: &PromptSize,
@@ -99,7 +99,14 @@ pub fn apply(
             }
         }
         ContextPolicy::TruncateMiddle => {
-            let (body, dropped) = truncate_middle(body, smallest, tokenizer, output)?;
+            let (body, dropped) = if body.len() <= INLINE_BYTES {
+                truncate_middle(body, smallest, tokenizer, output)?
+            } else {
+                let body = body.clone();
+                off_worker(move || truncate_middle(&body, smallest, tokenizer, output))
+                    .await
+                    .ok_or(GatewayError::Internal { status: 503 })??
+            };
             Ok(ContextOutcome {
                 allowed: vec![true; windows.len()],
                 truncated: Some((body, dropped)),

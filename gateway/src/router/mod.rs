@@ -519,16 +519,19 @@ mod tests {
         )
     }
 
-    #[test]
-    fn each_context_policy() {
+    #[tokio::test]
+    async fn each_context_policy() {
         use context::{apply, ContextPolicy};
         let rt = runtime_from(TWO_SIZES);
         let model = rt.model("m").unwrap();
         let (long, body) = prompt(5_000);
-        let overflow = apply(ContextPolicy::OverflowToLarger, model, &long, &body).unwrap();
+        let overflow = apply(ContextPolicy::OverflowToLarger, model, &long, &body)
+            .await
+            .unwrap();
         assert_eq!(overflow.allowed, [false, true]);
         assert!(overflow.truncated.is_none());
         let reject = apply(ContextPolicy::Reject, model, &long, &body)
+            .await
             .err()
             .unwrap();
         assert_eq!(reject.status(), 400);
@@ -540,14 +543,19 @@ mod tests {
         );
         // One message cannot be truncated below itself.
         let truncate = apply(ContextPolicy::TruncateMiddle, model, &long, &body)
+            .await
             .err()
             .unwrap();
         assert_eq!(truncate.status(), 400);
         let (short, body) = prompt(10);
-        let fits = apply(ContextPolicy::Reject, model, &short, &body).unwrap();
+        let fits = apply(ContextPolicy::Reject, model, &short, &body)
+            .await
+            .unwrap();
         assert_eq!(fits.allowed, [true, true]);
         let (huge, body) = prompt(200_000);
-        assert!(apply(ContextPolicy::OverflowToLarger, model, &huge, &body).is_err());
+        assert!(apply(ContextPolicy::OverflowToLarger, model, &huge, &body)
+            .await
+            .is_err());
     }
 
     #[test]

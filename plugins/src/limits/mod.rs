@@ -76,6 +76,7 @@ use admission::{conclude, plan, Reservation};
 use memory::MemoryStore;
 use shared::SharedStore;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The limits of one subject; `None` is no limit. A dollar limit that is negative or NaN
@@ -328,6 +329,24 @@ impl Limiter {
         match &self.store {
             Store::Memory(store) => store.settle(&grant.reservations, actual, now),
             Store::Shared { store, .. } => store.settle(&grant.reservations, actual).await,
+        }
+    }
+
+    /// Settles without waiting, for a request that ends where nothing can be awaited (a
+    /// panic, a task dropped at shutdown): in process at once; with Redis on a task of the
+    /// current runtime, when one is still running, else the reservations stand.
+    pub fn settle_detached(self: &Arc<Self>, grant: Grant, actual: Demand, now: SystemTime) {
+        if grant.reservations.is_empty() {
+            return;
+        }
+        match &self.store {
+            Store::Memory(store) => store.settle(&grant.reservations, actual, now),
+            Store::Shared { .. } => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let limiter = self.clone();
+                    runtime.spawn(async move { limiter.settle(grant, actual, now).await });
+                }
+            }
         }
     }
 

@@ -628,3 +628,32 @@ fn assert_healthy(limiter: &Limiter) {
         })
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_settle_reaches_redis_on_a_task_of_its_own() {
+    let server = RedisServer::start();
+    let limiter = Arc::new(limiter(&server, FailurePolicy::Closed));
+    let quota = Quota {
+        tpm: Some(1_000),
+        ..Quota::default()
+    };
+    let subjects = [subject(Scope::Key, "detached", &quota)];
+    let grant = limiter
+        .admit(&subjects, demand(900, 0.0), SystemTime::now())
+        .await
+        .unwrap();
+    limiter.settle_detached(grant, demand(10, 0.0), SystemTime::now());
+    let mut admitted = false;
+    for _ in 0..100 {
+        if limiter
+            .admit(&subjects, demand(800, 0.0), SystemTime::now())
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(admitted, "the 890 tokens never came back");
+}

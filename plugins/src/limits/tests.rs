@@ -442,3 +442,17 @@ fn limiters_build_without_a_runtime_and_their_futures_are_send() {
         send(&limiter.settle(Grant::empty(), tokens(1), at(0.0)));
     }
 }
+
+#[tokio::test]
+async fn a_detached_settle_gives_back_at_once_in_process() {
+    let limiter = Arc::new(Limiter::in_process());
+    let quota = tpm(1_000);
+    let subjects = [key("k", &quota)];
+    let grant = admit_ok(&limiter, &subjects, tokens(900), at(0.0)).await;
+    assert!(limiter
+        .admit(&subjects, tokens(900), at(0.0))
+        .await
+        .is_err());
+    limiter.settle_detached(grant, tokens(10), at(0.0));
+    admit_ok(&limiter, &subjects, tokens(900), at(0.0)).await;
+}

@@ -1,0 +1,220 @@
+//! Hostile prompts and unlucky timing: whatever a request does to the gateway, it settles
+//! (in-flight gauge, ledger row, limit reservations) and the next request is served.
+
+use crate::harness::*;
+use crate::metering::metric_sum;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn ledger_rows(db: &Path) -> Vec<(String, u16, i64, i64)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut query = conn
+        .prepare("SELECT id, status, output_tokens, estimated FROM requests ORDER BY rowid")
+        .unwrap();
+    query
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+async fn in_flight(gw: &Gateway) -> f64 {
+    metric_sum(&gw.metrics().await, "tollgate_requests_in_flight", &[])
+}
+
+/// A million spaces and a letter overflowed tiktoken's regex (a panic on the worker).
+fn space_bomb(model: &str, stream: bool, max_tokens: u64) -> Value {
+    json!({
+        "model": model,
+        "stream": stream,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": format!("{}a", " ".repeat(1_000_000))}],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompts_that_break_the_tokenizer_are_answered_and_settled() {
+    let whole = Mock::start(&[]);
+    // Cut before its usage chunk: the gateway counts the prompt itself to meter it.
+    let cut = Mock::start(&["--drop-after-chunks", "2", "--tokens-per-sec", "200"]);
+    let dir = TempDir::new("tokenizer");
+    let db = dir.0.join("usage.db");
+    let gw = Gateway::start(&format!(
+        "providers:\n{}{}models:\n\
+         \x20 - {{ name: strict, context: reject, targets: [{{ provider: whole, model: small }}] }}\n\
+         \x20 - {{ name: cut, targets: [{{ provider: cut, model: gpt-4o }}] }}\n\
+         catalog:\n  small: {{ context_window: 4096, tokenizer: o200k_base }}\n\
+         keys:\n  - {{ id: app, key: sk-app, limits: {{ tpm: 300000 }} }}\n\
+         plugins:\n  ledger: {{ path: \"{}\", flush_every: 10ms }}\n",
+        provider("whole", &whole.url()),
+        provider("cut", &cut.url()),
+        db.display()
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let post = |body: &Value| {
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("sk-app")
+            .json(body)
+            .send()
+    };
+
+    // The context policy has to count a prompt far over the window.
+    let r = post(&space_bomb("strict", false, 10)).await.unwrap();
+    expect_error(r, 400, Some("context_length_exceeded")).await;
+
+    // A stream cut short without usage: its prompt is counted at settle.
+    let r = post(&space_bomb("cut", true, 10)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"error\""), "{text}");
+
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            in_flight(&gw).await == 0.0
+        })
+        .await,
+        "requests still in flight:\n{}",
+        gw.log()
+    );
+    let rows = eventually(Duration::from_secs(5), || async {
+        std::path::Path::exists(&db) && ledger_rows(&db).len() == 2
+    })
+    .await;
+    assert!(rows, "{:?}\n{}", ledger_rows(&db), gw.log());
+    let rows = ledger_rows(&db);
+    assert_eq!(rows[0].1, 400);
+    assert_eq!((rows[1].1, rows[1].3), (200, 1), "estimated: {rows:?}");
+    assert!(rows[1].2 > 0, "what was streamed is billed: {rows:?}");
+
+    // Both bombs reserved ~250k of the key's 300k tokens a minute: had either kept its
+    // reservation, this request (200k) would not fit.
+    let mut body = chat_body("cut", false);
+    body["max_tokens"] = json!(200_000);
+    let r = post(&body).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(!gw.log().contains("panicked"), "{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counting_a_huge_prompt_does_not_hold_up_other_requests() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n\
+         \x20 - {{ name: strict, context: reject, targets: [{{ provider: up, model: gpt-4o }}] }}\n\
+         \x20 - {{ name: plain, targets: [{{ provider: up, model: gpt-4o }}] }}\n",
+        provider("up", &mock.url()),
+    ))
+    .await;
+    // Six million letters in one word: a count that takes the tokenizer most of a second.
+    let huge = json!({
+        "model": "strict",
+        "messages": [{"role": "user", "content": "a".repeat(6_000_000)}],
+    });
+    let client = reqwest::Client::new();
+    // One per worker thread.
+    let bombs: Vec<_> = (0..2)
+        .map(|_| {
+            let request = client.post(gw.url("/v1/chat/completions")).json(&huge);
+            tokio::spawn(async move {
+                let r = request.send().await.unwrap();
+                let status = r.status().as_u16();
+                r.bytes().await.unwrap();
+                (status, Instant::now())
+            })
+        })
+        .collect();
+    // Long enough for both bodies to arrive and their counts to start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = gw.chat("plain", false).await;
+    assert_eq!(r.status(), 200);
+    let small_done = Instant::now();
+    for bomb in bombs {
+        let (status, done) = bomb.await.unwrap();
+        assert_eq!(status, 400);
+        assert!(
+            small_done < done,
+            "the small request waited for a count on its worker"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_streams_that_outlast_the_grace_period_and_bills_them() {
+    // Fifty seconds of tokens: far beyond the one-second grace period.
+    let openai = Mock::start(&["--tokens-per-sec", "20", "--completion-tokens", "1000"]);
+    let vllm = Mock::start(&[
+        "--kind",
+        "vllm",
+        "--tokens-per-sec",
+        "20",
+        "--completion-tokens",
+        "1000",
+    ]);
+    let dir = TempDir::new("term-streams");
+    let db = dir.0.join("usage.db");
+    let mut gw = Gateway::start(&format!(
+        "providers:\n{}  - {{ name: gpu, kind: vllm, base_url: \"{}\" }}\nmodels:\n\
+         \x20 - {{ name: hosted, targets: [{{ provider: openai, model: gpt-4o }}] }}\n\
+         \x20 - {{ name: local, targets: [{{ provider: gpu, model: llama }}] }}\n\
+         plugins:\n  ledger: {{ path: \"{}\" }}\n",
+        provider("openai", &openai.url()),
+        vllm.url(),
+        db.display()
+    ))
+    .await;
+    let mut streams = Vec::new();
+    for (model, id) in [("hosted", "long-hosted"), ("local", "long-local")] {
+        let mut r = reqwest::Client::new()
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-request-id", id)
+            .json(&chat_body(model, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut seen = String::new();
+        while seen.matches("data: ").count() < 3 {
+            seen.push_str(&String::from_utf8_lossy(&r.chunk().await.unwrap().unwrap()));
+        }
+        streams.push((r, seen));
+    }
+    gw.signal("TERM");
+    for (r, mut seen) in streams {
+        seen.push_str(&r.text().await.unwrap_or_default());
+        assert!(!seen.contains("[DONE]"), "{seen}");
+        let last = seen
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("data: "))
+            .unwrap();
+        let event: Value = serde_json::from_str(&last["data: ".len()..]).unwrap();
+        assert_eq!(event["error"]["code"], "server_shutting_down", "{seen}");
+    }
+    assert!(gw.wait_exit(Duration::from_secs(10)), "{}", gw.log());
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut query = conn
+        .prepare("SELECT id, status, output_tokens, estimated FROM requests ORDER BY id")
+        .unwrap();
+    let rows: Vec<(String, u16, i64, i64)> = query
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}\n{}", gw.log());
+    for (id, status, output, _) in &rows {
+        assert_eq!(*status, 200, "{id}");
+        // About twenty tokens a second for the second the grace period lasted.
+        assert!((3..200).contains(output), "{id}: {output} tokens");
+    }
+    // vLLM's running usage makes even a cut stream exact; the hosted one is counted.
+    assert_eq!(rows[0].3, 1, "{rows:?}");
+    assert_eq!(rows[1].3, 0, "{rows:?}");
+}
