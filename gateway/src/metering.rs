@@ -19,6 +19,9 @@ const MAX_GENERATED_SAMPLE: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct UsageCounter {
     reported: Option<Usage>,
+    /// The provider's prompt count, reported before its final count (Anthropic's
+    /// `message_start`): used when the answer ends without the final one.
+    prompt: Option<Usage>,
     /// Text and tool-call arguments generated so far, for an estimate when no usage comes.
     generated: Sample,
     /// The provider never reports usage (Triton): its figures are the gateway's own count.
@@ -29,6 +32,7 @@ impl Default for UsageCounter {
     fn default() -> UsageCounter {
         UsageCounter {
             reported: None,
+            prompt: None,
             generated: Sample::new(MAX_GENERATED_SAMPLE),
             estimated_by_adapter: false,
         }
@@ -61,12 +65,24 @@ impl UsageCounter {
         self.generated = Sample::new(MAX_GENERATED_SAMPLE);
     }
 
+    /// The prompt's count from the provider, its output not final yet.
+    pub fn report_prompt(&mut self, usage: Usage) {
+        self.prompt = Some(usage);
+    }
+
     /// Bytes `settle` may have to count: more than `tokens::INLINE_BYTES` belongs on the
     /// counting pool.
     pub fn settle_cost(&self, request_body: &[u8]) -> usize {
         match self.reported {
             Some(_) => 0,
-            None => request_body.len() + self.generated.len().min(MAX_GENERATED_SAMPLE),
+            None => {
+                let prompt = if self.prompt.is_some() {
+                    0
+                } else {
+                    request_body.len()
+                };
+                prompt + self.generated.len().min(MAX_GENERATED_SAMPLE)
+            }
         }
     }
 
@@ -74,14 +90,19 @@ impl UsageCounter {
     pub fn settle_by_length(&self, request_body_len: usize) -> (Usage, bool) {
         match self.reported {
             Some(usage) => (usage, self.estimated_by_adapter),
-            None => (
-                Usage {
+            None => {
+                let prompt = self.prompt.unwrap_or(Usage {
                     input: tokens::by_length(request_body_len),
-                    cached_input: 0,
-                    output: tokens::by_length(self.generated.len()),
-                },
-                true,
-            ),
+                    ..Usage::default()
+                });
+                (
+                    Usage {
+                        output: tokens::by_length(self.generated.len()),
+                        ..prompt
+                    },
+                    true,
+                )
+            }
         }
     }
 
@@ -91,13 +112,14 @@ impl UsageCounter {
         if let Some(usage) = self.reported {
             return (usage, self.estimated_by_adapter);
         }
-        let input = PromptSize::from_body(request_body).map_or(0, |p| p.exact(tokenizer));
-        let output = self.generated.count(tokenizer);
+        let prompt = self.prompt.unwrap_or_else(|| Usage {
+            input: PromptSize::from_body(request_body).map_or(0, |p| p.exact(tokenizer)),
+            ..Usage::default()
+        });
         (
             Usage {
-                input,
-                cached_input: 0,
-                output,
+                output: self.generated.count(tokenizer),
+                ..prompt
             },
             true,
         )
@@ -116,6 +138,8 @@ pub enum StreamWire {
 /// What one event says about usage: found cheaply, without parsing events that hold none.
 struct UsageProbe<'a> {
     usage: Usage,
+    /// Its output count is final (all but Anthropic's `message_start`).
+    output_final: bool,
     /// The `usage` value's text, borrowed from the event.
     raw: &'a str,
     /// The event holds nothing but usage (OpenAI's final chunk: `"choices": []`).
@@ -142,6 +166,7 @@ impl StreamWire {
                 let value: Value = serde_json::from_str(raw.get()).ok()?;
                 value.is_object().then(|| UsageProbe {
                     usage: openai_upstream::usage(&value),
+                    output_final: true,
                     raw: raw.get(),
                     usage_only: chunk.choices.is_none_or(|c| c.is_empty()),
                 })
@@ -160,10 +185,14 @@ impl StreamWire {
                     message: Option<Message<'a>>,
                 }
                 let event: Event = serde_json::from_str(data).ok()?;
+                // `message_start` counts the prompt and one output token; the output is
+                // final only in `message_delta`.
+                let output_final = event.usage.is_some();
                 let raw = event.usage.or(event.message.and_then(|m| m.usage))?;
                 let value: Value = serde_json::from_str(raw.get()).ok()?;
                 value.is_object().then(|| UsageProbe {
                     usage: anthropic::usage(&value, previous),
+                    output_final,
                     raw: raw.get(),
                     usage_only: false,
                 })
@@ -202,16 +231,24 @@ pub struct UsageShown {
 /// gateway asked for usage reports the client did not, its events are re-framed without them:
 /// the usage-only chunk left out, running usage set to `null`.
 ///
-/// Only events that mention `usage` are parsed. Until a usage report arrives, the stream's
-/// bytes are kept, so that one that never reports is still counted, with the tokenizer.
+/// Only events that mention `usage` are parsed. Until a final usage report arrives, the
+/// stream's bytes are kept, so that one that never reports is still counted, with the
+/// tokenizer.
 pub struct StreamMeter {
     sse: SseParser,
     wire: StreamWire,
-    reported: Option<Usage>,
-    /// The stream so far while no usage has been reported (up to `MAX_METERED_BODY`).
+    reported: Option<Report>,
+    /// The stream so far while no final usage has been reported (up to `MAX_METERED_BODY`).
     kept: BytesMut,
     /// `None`: the bytes pass untouched.
     shown: Option<UsageShown>,
+}
+
+/// The last usage a stream reported.
+#[derive(Clone, Copy, Debug)]
+struct Report {
+    usage: Usage,
+    output_final: bool,
 }
 
 impl StreamMeter {
@@ -227,7 +264,8 @@ impl StreamMeter {
 
     /// The bytes to send the client for one upstream chunk.
     pub fn chunk(&mut self, data: Bytes) -> Bytes {
-        if self.reported.is_none() && self.kept.len() + data.len() <= MAX_METERED_BODY {
+        let output_final = self.reported.is_some_and(|r| r.output_final);
+        if !output_final && self.kept.len() + data.len() <= MAX_METERED_BODY {
             self.kept.extend_from_slice(&data);
         }
         let (wire, reported) = (self.wire, &mut self.reported);
@@ -257,12 +295,16 @@ impl StreamMeter {
         out.freeze()
     }
 
-    /// What the stream said about its usage: the last report, or else the text it carried.
+    /// What the stream said about its usage: the last final report, or else the text it
+    /// carried (and the prompt's count, when it was reported).
     pub fn into_counter(self) -> UsageCounter {
         let mut counter = UsageCounter::default();
         match self.reported {
-            Some(usage) => counter.report(usage),
-            None => {
+            Some(report) if report.output_final => counter.report(report.usage),
+            provisional => {
+                if let Some(report) = provisional {
+                    counter.report_prompt(report.usage);
+                }
                 let (mut parser, mut events) = (self.wire.parser(), Vec::new());
                 let mut sse = SseParser::new();
                 let mut read = |event: tollgate_plugins::sse::Event<'_>| {
@@ -280,17 +322,21 @@ impl StreamMeter {
 
     fn observe<'a>(
         wire: StreamWire,
-        reported: &mut Option<Usage>,
+        reported: &mut Option<Report>,
         data: &'a str,
     ) -> Option<UsageProbe<'a>> {
-        let probe = wire.probe(data, reported.unwrap_or_default())?;
-        *reported = Some(probe.usage);
+        let previous = reported.map(|r| r.usage).unwrap_or_default();
+        let probe = wire.probe(data, previous)?;
+        *reported = Some(Report {
+            usage: probe.usage,
+            output_final: probe.output_final,
+        });
         Some(probe)
     }
 
     fn rewrite(
         wire: StreamWire,
-        reported: &mut Option<Usage>,
+        reported: &mut Option<Report>,
         shown: UsageShown,
         event: &tollgate_plugins::sse::Event<'_>,
         out: &mut BytesMut,
@@ -329,6 +375,35 @@ pub fn body_usage(kind: ProviderKind, body: &[u8]) -> Option<Usage> {
         ProviderKind::Anthropic => anthropic::usage(&usage, Usage::default()),
         _ => openai_upstream::usage(&usage),
     })
+}
+
+/// The generated text in a whole answer that cannot be read as JSON (cut short) or reports no
+/// usage: every string value of a `content`, `text` or `arguments` key, up to the end of the
+/// bytes, escapes left as they are (an estimate needs no more).
+pub fn partial_texts(body: &[u8]) -> String {
+    let mut out = String::new();
+    for key in [&b"\"content\""[..], b"\"text\"", b"\"arguments\""] {
+        for at in memchr::memmem::find_iter(body, key) {
+            let rest = trim_start(&body[at + key.len()..]);
+            let Some(rest) = rest.strip_prefix(b":") else {
+                continue;
+            };
+            let Some(value) = trim_start(rest).strip_prefix(b"\"") else {
+                continue;
+            };
+            let mut end = 0;
+            while end < value.len() && value[end] != b'"' {
+                end += if value[end] == b'\\' { 2 } else { 1 };
+            }
+            out.push_str(&String::from_utf8_lossy(&value[..end.min(value.len())]));
+        }
+    }
+    out
+}
+
+fn trim_start(bytes: &[u8]) -> &[u8] {
+    let skip = bytes.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &bytes[skip..]
 }
 
 /// USD for `usage` at `prices`; cached prompt tokens at the cached price where there is one.
@@ -525,6 +600,29 @@ mod tests {
     }
 
     #[test]
+    fn an_anthropic_stream_cut_before_its_final_count_bills_what_it_relayed() {
+        let delta = |text: &str| {
+            format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n")
+        };
+        let wire = format!(
+            "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"m\",\"usage\":{{\"input_tokens\":20,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}}}}\n\n{}{}",
+            delta("The quick brown fox jumps"),
+            delta(" over the lazy dog again and again"),
+        );
+        let mut meter = StreamMeter::new(StreamWire::Anthropic, None);
+        run(&mut meter, wire.as_bytes(), 17);
+        let (usage, estimated) = meter.into_counter().settle(b"{}", Tokenizer::Cl100k);
+        assert!(estimated);
+        assert_eq!(
+            (usage.input, usage.cached_input),
+            (25, 5),
+            "the provider's prompt count"
+        );
+        let text = "The quick brown fox jumps over the lazy dog again and again";
+        assert_eq!(usage.output, tokens::count(Tokenizer::Cl100k, text));
+    }
+
+    #[test]
     fn a_stream_cut_short_is_estimated_from_what_was_generated() {
         let wire = stream_bytes();
         let cut = wire.len() - 200;
@@ -537,6 +635,17 @@ mod tests {
         assert_eq!(usage.output, tokens::count(Tokenizer::O200k, "Hello world"));
         let prompt = PromptSize::from_body(body).unwrap().exact(Tokenizer::O200k);
         assert_eq!(usage.input, prompt);
+    }
+
+    #[test]
+    fn cut_answers_still_show_their_text() {
+        let cut = br#"{"id":"x","choices":[{"message":{"role":"assistant","content":"Hello \"wor"#;
+        assert_eq!(partial_texts(cut), r#"Hello \"wor"#);
+        let anthropic = br#"{"content":[{"type":"text","text":"Hi there"},{"type":"tool_use","input":{}}],"usage":"#;
+        assert_eq!(partial_texts(anthropic), "Hi there");
+        let tool = br#"{"choices":[{"message":{"content":null,"tool_calls":[{"function":{"arguments":"{\"a\":1}"}}]}}]}"#;
+        assert_eq!(partial_texts(tool), r#"{\"a\":1}"#);
+        assert_eq!(partial_texts(br#"{"content" : "x\"#), "x\\");
     }
 
     #[test]

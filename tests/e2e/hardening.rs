@@ -3,6 +3,7 @@
 
 use crate::harness::*;
 use crate::metering::metric_sum;
+use crate::scripted::{send, Scripted, Step};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -217,4 +218,155 @@ async fn sigterm_ends_streams_that_outlast_the_grace_period_and_bills_them() {
     // vLLM's running usage makes even a cut stream exact; the hosted one is counted.
     assert_eq!(rows[0].3, 1, "{rows:?}");
     assert_eq!(rows[1].3, 0, "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_cut_short_bill_what_they_relayed() {
+    let claude = Mock::start(&[
+        "--kind",
+        "anthropic",
+        "--tokens-per-sec",
+        "50",
+        "--completion-tokens",
+        "500",
+    ]);
+    // A whole answer whose body ends before its declared length.
+    let partial = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"The answer to your question, in full detail, is that the"#;
+    let cut = Scripted::start(vec![
+        send(format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{partial}",
+            partial.len() + 200
+        )),
+        Step::Sleep(Duration::from_millis(50)),
+    ]);
+    let dir = TempDir::new("cut-billing");
+    let db = dir.0.join("usage.db");
+    let gw = Gateway::start(&format!(
+        "providers:\n  - {{ name: claude, kind: anthropic, base_url: \"{}\", api_key: k }}\n{}models:\n\
+         \x20 - {{ name: claude, targets: [{{ provider: claude, model: claude-sonnet-4-5 }}] }}\n\
+         \x20 - {{ name: cut, targets: [{{ provider: cut, model: gpt-4o }}] }}\n\
+         plugins:\n  ledger: {{ path: \"{}\", flush_every: 10ms }}\n",
+        claude.url(),
+        provider("cut", &cut.url()),
+        db.display()
+    ))
+    .await;
+    let client = reqwest::Client::new();
+
+    // An Anthropic client reads some of a long stream, then hangs up.
+    let mut r = client
+        .post(gw.url("/v1/messages"))
+        .header("x-request-id", "left")
+        .json(
+            &json!({"model": "claude", "max_tokens": 1000, "stream": true,
+                      "messages": [{"role": "user", "content": "Tell me a long story"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut seen = String::new();
+    while seen.matches("event: content_block_delta").count() < 10 {
+        seen.push_str(&String::from_utf8_lossy(&r.chunk().await.unwrap().unwrap()));
+    }
+    drop(r);
+
+    // The cut whole answer reaches the client as a cut body.
+    let r = client
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-request-id", "cut")
+        .json(&chat_body("cut", false))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.bytes().await.is_err(), "the client sees the cut");
+
+    let both = eventually(Duration::from_secs(5), || async {
+        db.exists() && ledger_rows(&db).len() == 2
+    })
+    .await;
+    assert!(both, "{}", gw.log());
+    let rows = ledger_rows(&db);
+    let row = |id: &str| rows.iter().find(|r| r.0 == id).unwrap().clone();
+    let (_, _, left_output, left_estimated) = row("left");
+    assert!(
+        left_output >= 10 && left_estimated == 1,
+        "the relayed deltas, not message_start's one token: {rows:?}"
+    );
+    let (_, _, cut_output, cut_estimated) = row("cut");
+    assert!(cut_output >= 10 && cut_estimated == 1, "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_chosen_names_never_become_labels_or_ledger_rows() {
+    let mock = Mock::start(&[]);
+    let dir = TempDir::new("labels");
+    let db = dir.0.join("usage.db");
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - {{ name: m, targets: [{{ provider: up, model: gpt-4o }}] }}\n\
+         keys:\n  - {{ id: app, key: sk-app }}\n\
+         plugins:\n  ledger: {{ path: \"{}\", flush_every: 10ms }}\n",
+        provider("up", &mock.url()),
+        db.display()
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    for i in 0..40 {
+        let name = format!("no-such-model-{i}");
+        let r = client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("sk-app")
+            .json(&chat_body(&name, false))
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, 404, Some("model_not_found")).await;
+        let r = client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(format!("sk-wrong-{i}"))
+            .json(&chat_body("m", false))
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, 401, Some("invalid_api_key")).await;
+        let r = client
+            .post(gw.url(&format!("/v1/unknown-{i}")))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, 404, None).await;
+    }
+    let r = client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-app")
+        .json(&chat_body("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let metrics = gw.metrics().await;
+    assert!(!metrics.contains("no-such-model"), "{metrics}");
+    assert!(!metrics.contains("unknown-"), "{metrics}");
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "tollgate_requests_total",
+            &["model=\"_unknown\"", "status=\"404\""]
+        ),
+        40.0
+    );
+    assert_eq!(
+        metric_sum(&metrics, "tollgate_requests_total", &["status=\"401\""]),
+        40.0
+    );
+    // One row: the request that reached a model with a valid key.
+    let one = eventually(Duration::from_secs(5), || async {
+        db.exists() && !ledger_rows(&db).is_empty()
+    })
+    .await;
+    assert!(one);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ledger_rows(&db).len(), 1, "{:?}", ledger_rows(&db));
 }

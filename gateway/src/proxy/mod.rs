@@ -109,7 +109,10 @@ pub struct RequestCtx {
     /// The config snapshot this request runs on from start to end.
     runtime: Option<Arc<Runtime>>,
     key_id: Option<String>,
+    /// The configured model the request named, once found.
     model: Option<String>,
+    /// The request named a model that is not configured.
+    unknown_model: bool,
     provider: Option<String>,
     upstream_model: Option<String>,
     /// The strategy that chose the target, for `x-tollgate-route`.
@@ -164,6 +167,7 @@ impl ProxyHttp for Gateway {
             runtime: None,
             key_id: None,
             model: None,
+            unknown_model: false,
             provider: None,
             upstream_model: None,
             route: Cow::Borrowed(""),
@@ -313,10 +317,12 @@ impl Gateway {
         let mut head = ctx
             .stages
             .time(Stage::Parse, || RequestHead::parse(&body))?;
-        ctx.model = Some(head.model.clone());
-        let model = rt
-            .model(&head.model)
-            .ok_or_else(|| GatewayError::ModelNotFound(head.model.clone()))?;
+        let Some(model) = rt.model(&head.model) else {
+            ctx.unknown_model = true;
+            return Err(GatewayError::ModelNotFound(head.model.clone()));
+        };
+        // Only configured names become labels and ledger rows: the client's are unbounded.
+        ctx.model = Some(model.name.clone());
         if let Some(key) = &key {
             if !key.allows(&model.name) {
                 return Err(GatewayError::ModelNotAllowed(model.name.clone()));

@@ -8,7 +8,7 @@ use super::RequestCtx;
 use crate::drain::Cut;
 use crate::error::GatewayError;
 use crate::metering::{
-    body_usage, StreamMeter, StreamWire, UsageCounter, UsageShown, MAX_METERED_BODY,
+    body_usage, partial_texts, StreamMeter, StreamWire, UsageCounter, UsageShown, MAX_METERED_BODY,
 };
 use crate::providers::anthropic_format;
 use crate::providers::chat::{ChatRequest, StreamEvent};
@@ -207,10 +207,15 @@ impl BodyFilter {
                 };
                 match body_usage(kind, &body) {
                     Some(usage) => counter.report(usage),
-                    None if too_large => log::warn!(
-                        "an answer over {MAX_METERED_BODY} bytes without readable usage: estimated"
-                    ),
-                    None => {}
+                    // Cut short, or without usage: what it carried is counted.
+                    None => {
+                        if too_large {
+                            log::warn!(
+                                "an answer over {MAX_METERED_BODY} bytes without readable usage: estimated"
+                            );
+                        }
+                        counter.observe(&StreamEvent::Text(partial_texts(&body)));
+                    }
                 }
                 Some(counter)
             }

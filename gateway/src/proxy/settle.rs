@@ -16,6 +16,9 @@ use tollgate_plugins::ledger::Ledger;
 use tollgate_plugins::limits::Limiter;
 use tollgate_plugins::{Metered, Plugin, Settlement};
 
+/// The `model` label of requests for a model that is not configured.
+const UNKNOWN_MODEL: &str = "_unknown";
+
 /// Where every request's outcome goes; one per process, shared by every request.
 pub struct Accounts {
     pub metrics: Arc<Metrics>,
@@ -80,7 +83,11 @@ impl RequestCtx {
     fn record(&mut self, accounts: &Accounts, status: u16, metered: Option<Metered>) {
         let logging = Instant::now();
         let metrics = &accounts.metrics;
-        let model = self.model.as_deref().unwrap_or("");
+        let model = match (&self.model, self.unknown_model) {
+            (Some(model), _) => model.as_str(),
+            (None, true) => UNKNOWN_MODEL,
+            (None, false) => "",
+        };
         let provider = self.provider.as_deref().unwrap_or("");
         // Metrics first: whatever reads the ledger finds them up to date.
         if let Some(m) = &metered {
@@ -131,7 +138,9 @@ impl RequestCtx {
             for plugin in &runtime.plugins {
                 plugin.settle(&settlement);
             }
-            if let Some(ledger) = &accounts.ledger {
+            // A row per request that reached a configured model with a valid key: unknown
+            // paths, models and keys are counted in metrics, not billed.
+            if let (Some(ledger), Some(_)) = (&accounts.ledger, &self.model) {
                 ledger.settle(&settlement);
             }
             self.stages.add(Stage::Log, logging.elapsed());
