@@ -84,24 +84,27 @@ impl Control {
         let mut last_stamp = self.last_stamp.lock().await;
         *last_stamp = FileStamp::of(&self.path);
         let old = self.runtime.load_full();
-        let result = config::load(&self.path, Some(&old));
+        let result = config::load(&self.path, Some(&old)).and_then(|mut new| {
+            for (what, changed) in [
+                ("server.listen", new.server.listen != old.server.listen),
+                (
+                    "server.admin_listen",
+                    new.server.admin_listen != old.server.admin_listen,
+                ),
+                ("server.threads", new.server.threads != old.server.threads),
+                ("plugins.ledger", new.ledger != old.ledger),
+                ("plugins.shared_state", new.shared_state != old.shared_state),
+            ] {
+                if changed {
+                    log::warn!("config reload: {what} changed; it takes effect on restart");
+                }
+            }
+            new.succeed(&old, &self.path.display().to_string())?;
+            Ok(new)
+        });
         match result {
             Ok(new) => {
                 resolve_endpoints(&new).await;
-                for (what, changed) in [
-                    ("server.listen", new.server.listen != old.server.listen),
-                    (
-                        "server.admin_listen",
-                        new.server.admin_listen != old.server.admin_listen,
-                    ),
-                    ("server.threads", new.server.threads != old.server.threads),
-                    ("plugins.ledger", new.ledger != old.ledger),
-                    ("plugins.shared_state", new.shared_state != old.shared_state),
-                ] {
-                    if changed {
-                        log::warn!("config reload: {what} changed; it takes effect on restart");
-                    }
-                }
                 for warning in &new.warnings {
                     log::warn!("{warning}");
                 }

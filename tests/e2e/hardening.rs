@@ -370,3 +370,70 @@ async fn client_chosen_names_never_become_labels_or_ledger_rows() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ledger_rows(&db).len(), 1, "{:?}", ledger_rows(&db));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloads_never_open_what_a_truncated_file_leaves_out_nor_quote_secrets() {
+    let mock = Mock::start(&[]);
+    let models = format!(
+        "providers:\n{}models:\n  - {{ name: m, targets: [{{ provider: up, model: gpt-4o }}] }}\n",
+        provider("up", &mock.url())
+    );
+    let keyed = format!("{models}keys:\n  - {{ id: app, key: sk-app }}\n");
+    let gw = Gateway::start_with(&keyed, "  admin_token: adm-t0ken\n").await;
+    let client = reqwest::Client::new();
+    let reload = || {
+        client
+            .post(gw.admin_url("/admin/reload"))
+            .bearer_auth("adm-t0ken")
+            .send()
+    };
+    // An empty body stands for a file caught mid-write: empty.
+    let write_whole = |server: &str, body: &str| {
+        let text = match body {
+            "" => String::new(),
+            body => format!(
+                "server:\n  listen: [\"{}\"]\n  admin_listen: \"{}\"\n{server}{body}",
+                gw.addr, gw.admin
+            ),
+        };
+        std::fs::write(&gw.config, text).unwrap()
+    };
+    let still_closed = || async {
+        let anonymous = gw.chat("m", false).await.status();
+        let admin = reqwest::get(gw.admin_url("/admin/config"))
+            .await
+            .unwrap()
+            .status();
+        (anonymous.as_u16(), admin.as_u16())
+    };
+
+    let secret = "sk-live-0123456789abcdef";
+    for (server, body, expect) in [
+        ("", "".to_string(), "empty"),
+        (
+            "  admin_token: adm-t0ken\n",
+            models.clone(),
+            "open_data_plane",
+        ),
+        ("", keyed.clone(), "open_admin"),
+        (
+            "  admin_token: adm-t0ken\n",
+            keyed.replace("api_key: \"", &format!("api_key: \"${{{secret}")),
+            "unterminated",
+        ),
+    ] {
+        write_whole(server, &body);
+        let r = reload().await.unwrap();
+        let error = expect_error(r, 400, None).await;
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(expect), "{message}");
+        assert!(!message.contains(secret), "{message}");
+        assert_eq!(still_closed().await, (401, 401));
+    }
+    assert!(!gw.log().contains(secret));
+
+    // Said on purpose, both go.
+    write_whole("  open_data_plane: true\n  open_admin: true\n", &models);
+    assert_eq!(reload().await.unwrap().status(), 200);
+    assert_eq!(still_closed().await, (200, 200));
+}

@@ -85,16 +85,20 @@ fn expand_str(
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
+        // Never quote the value: a broken reference is often the secret itself.
         let end = after
             .find('}')
-            .ok_or_else(|| format!("unterminated ${{...}} reference in {text:?}"))?;
+            .ok_or("unterminated ${...} reference (a `}` is missing)")?;
         let inner = &after[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("invalid environment variable name {name:?}"));
+            return Err(
+                "invalid environment variable name in a ${...} reference (letters, digits and _ only)"
+                    .into(),
+            );
         }
         let value = match (lookup(name), default) {
             (Some(v), _) => v,
@@ -152,6 +156,19 @@ mod tests {
         let (path, message) = run("providers:\n  - api_key: ${OPENAI_KEY}", &[]).unwrap_err();
         assert_eq!(path, "providers[0].api_key");
         assert!(message.contains("OPENAI_KEY is not set"), "{message}");
+    }
+
+    #[test]
+    fn broken_references_never_quote_the_value() {
+        for yaml in [
+            "k: ${sk-live-abcdef0123456789",
+            "k: ${sk-live-abcdef0123456789}",
+            "k: x${sk-live-abcdef0123456789:-y}",
+        ] {
+            let (path, message) = run(yaml, &[]).unwrap_err();
+            assert_eq!(path, "k");
+            assert!(!message.contains("abcdef"), "{message}");
+        }
     }
 
     #[test]

@@ -131,6 +131,11 @@ pub struct ServerSection {
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub shutdown_grace: Option<Duration>,
     pub h2c: Option<bool>,
+    /// The data plane serves requests without a virtual key on purpose: a reload may then
+    /// drop every key.
+    pub open_data_plane: Option<bool>,
+    /// The admin API needs no token on purpose: a reload may then drop the token.
+    pub open_admin: Option<bool>,
 }
 
 /// `listen: "0.0.0.0:8080"` or `listen: ["0.0.0.0:8080", "[::]:8080"]`.

@@ -59,8 +59,12 @@ pub fn parse(
     };
     let mut value: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| located(String::new(), e.to_string()))?;
+    // Most often a file caught mid-write: running on it would drop every model and key.
     if value.is_null() {
-        value = serde_yaml::Value::Mapping(Default::default());
+        return Err(located(
+            String::new(),
+            "the config is empty (expected at least providers and models)".into(),
+        ));
     }
     let mut expansions = env::Expansions::default();
     env::expand(&mut value, &mut Vec::new(), lookup, &mut expansions)

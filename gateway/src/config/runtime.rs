@@ -82,6 +82,10 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Whether the listeners also take cleartext HTTP/2 from clients that know to send it.
     pub h2c: bool,
+    /// The file says the data plane is open (no keys) on purpose.
+    pub open_data_plane: bool,
+    /// The file says the admin API needs no token on purpose.
+    pub open_admin: bool,
 }
 
 pub struct Model {
@@ -206,6 +210,48 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 impl Runtime {
+    /// Checks `self`, loaded from `file`, as the successor of the running config: a reload
+    /// never opens the data plane or the admin API by accident (a truncated file, an unset
+    /// variable), and the listeners stay the ones bound at start.
+    pub fn succeed(&mut self, running: &Runtime, file: &str) -> Result<(), ConfigError> {
+        let refuse = |path: &str, message: String| ConfigError {
+            file: file.to_string(),
+            path: path.to_string(),
+            message,
+        };
+        if running.keys.is_some() && self.keys.is_none() && !self.server.open_data_plane {
+            return Err(refuse(
+                "keys",
+                "the new config has no keys, which would let anyone use the data plane; \
+                 set server.open_data_plane: true to do that on purpose"
+                    .into(),
+            ));
+        }
+        // Addresses take effect on restart: the admin API keeps the listener it has.
+        self.server.listen = running.server.listen.clone();
+        self.server.admin_listen = running.server.admin_listen;
+        if self.server.admin_token.is_none() {
+            if !self.server.admin_listen.ip().is_loopback() {
+                return Err(refuse(
+                    "server.admin_token",
+                    format!(
+                        "required: the admin API listens on {}, which is not a loopback address",
+                        self.server.admin_listen
+                    ),
+                ));
+            }
+            if running.server.admin_token.is_some() && !self.server.open_admin {
+                return Err(refuse(
+                    "server.admin_token",
+                    "the new config has no admin token, which would open the admin API; \
+                     set server.open_admin: true to do that on purpose"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
         self.model_index.get(name).map(|&i| &self.models[i])
     }
@@ -286,6 +332,9 @@ impl Runtime {
             Some(keys) => out += &format!("keys: {}\n", keys.count()),
             None => out += "keys: none (the data plane accepts requests without a key)\n",
         }
+        if self.keys.is_none() && !s.open_data_plane {
+            out += "warning: no keys; a reload cannot drop every key unless the file sets server.open_data_plane: true\n";
+        }
         for warning in &self.warnings {
             out += &format!("warning: {warning}\n");
         }
@@ -322,6 +371,8 @@ impl Runtime {
                 "max_body_bytes": s.max_body_bytes,
                 "shutdown_grace": format_duration(s.shutdown_grace),
                 "h2c": s.h2c,
+                "open_data_plane": s.open_data_plane,
+                "open_admin": s.open_admin,
             },
             "providers": self.providers.iter().map(|p| json!({
                 "name": p.name,
@@ -744,6 +795,8 @@ fn build_server(cx: &Ctx, s: ServerSection) -> Result<ServerSettings, ConfigErro
         max_body_bytes,
         shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         h2c: s.h2c.unwrap_or(true),
+        open_data_plane: s.open_data_plane.unwrap_or(false),
+        open_admin: s.open_admin.unwrap_or(false),
     })
 }
 
@@ -1490,5 +1543,57 @@ models:
         let text = rt.redacted_json().to_string();
         assert!(!text.contains("sk-up-secret"));
         assert!(text.contains("***redacted***"));
+    }
+
+    #[test]
+    fn a_reload_never_opens_what_was_closed_by_accident() {
+        let keyed =
+            format!("server:\n  admin_token: t0ken\n{BASE}keys:\n  - {{ id: k, key: sk-1 }}\n");
+        let running = build_text(&keyed).unwrap();
+        let successor = |text: &str| {
+            let mut new = build_text(text).unwrap();
+            new.succeed(&running, "t.yaml")
+        };
+        successor(&keyed).unwrap();
+        let no_keys = successor(&format!("server:\n  admin_token: t0ken\n{BASE}")).unwrap_err();
+        assert_eq!(no_keys.path, "keys");
+        assert!(no_keys.message.contains("open_data_plane"), "{no_keys}");
+        successor(&format!(
+            "server:\n  admin_token: t0ken\n  open_data_plane: true\n{BASE}"
+        ))
+        .unwrap();
+        let no_token =
+            successor(&format!("{BASE}keys:\n  - {{ id: k, key: sk-1 }}\n")).unwrap_err();
+        assert_eq!(no_token.path, "server.admin_token");
+        successor(&format!(
+            "server:\n  open_admin: true\n{BASE}keys:\n  - {{ id: k, key: sk-1 }}\n"
+        ))
+        .unwrap();
+
+        // The admin API keeps the listener it has; its token must suit that one.
+        let public = build_text(&format!(
+            "server:\n  admin_listen: 0.0.0.0:9090\n  admin_token: t0ken\n{BASE}"
+        ))
+        .unwrap();
+        let mut moved = build_text(&format!(
+            "server:\n  admin_listen: 127.0.0.1:9191\n  open_admin: true\n{BASE}"
+        ))
+        .unwrap();
+        let err = moved.succeed(&public, "t.yaml").unwrap_err();
+        assert!(err.message.contains("0.0.0.0:9090"), "{err}");
+        let mut kept = build_text(&format!(
+            "server:\n  admin_listen: 127.0.0.1:9191\n  admin_token: other\n{BASE}"
+        ))
+        .unwrap();
+        kept.succeed(&public, "t.yaml").unwrap();
+        assert_eq!(kept.server.admin_listen, public.server.admin_listen);
+    }
+
+    #[test]
+    fn an_empty_document_is_an_error() {
+        for text in ["", "\n", "# only a comment\n", "~\n"] {
+            let err = build_text(text).err().expect("an error");
+            assert!(err.message.contains("empty"), "{err}");
+        }
     }
 }
