@@ -81,7 +81,9 @@ impl GatewayError {
                 ..
             } => (Some(*retry_after), headers.to_pairs()),
             Refusal::Budget { retry_after, .. } => (Some(*retry_after), Vec::new()),
-            Refusal::TooLarge { .. } | Refusal::Unavailable => (None, Vec::new()),
+            Refusal::TooLarge { .. } | Refusal::OverBudget { .. } | Refusal::Unavailable => {
+                (None, Vec::new())
+            }
         };
         if let Some(wait) = retry_after {
             let secs = wait.as_nanos().div_ceil(1_000_000_000).max(1);
@@ -101,7 +103,9 @@ impl GatewayError {
             GatewayError::ShuttingDown => "server_error",
             GatewayError::Refused(Refusal::Rate { dimension, .. })
             | GatewayError::Refused(Refusal::TooLarge { dimension, .. }) => dimension.as_str(),
-            GatewayError::Refused(Refusal::Budget { .. }) => "insufficient_quota",
+            GatewayError::Refused(Refusal::Budget { .. } | Refusal::OverBudget { .. }) => {
+                "insufficient_quota"
+            }
             GatewayError::Refused(Refusal::Unavailable) => "server_error",
             _ => "invalid_request_error",
         }
@@ -124,7 +128,9 @@ impl GatewayError {
             GatewayError::ClientGone => "client_closed_request",
             GatewayError::ShuttingDown => "server_shutting_down",
             GatewayError::Internal { .. } => "internal_error",
-            GatewayError::Refused(Refusal::Budget { .. }) => "budget_exceeded",
+            GatewayError::Refused(Refusal::Budget { .. } | Refusal::OverBudget { .. }) => {
+                "budget_exceeded"
+            }
             GatewayError::Refused(Refusal::Unavailable) => "limits_unavailable",
             GatewayError::Refused(_) => "rate_limit_exceeded",
         })
@@ -302,6 +308,18 @@ fn refusal_message(f: &mut fmt::Formatter, refusal: &Refusal) -> fmt::Result {
         } => write!(
             f,
             "Budget exceeded for {} `{id}`: ${spent_usd:.4} spent of ${limit_usd:.4} this {} (UTC).",
+            scope.as_str(),
+            period.as_str()
+        ),
+        Refusal::OverBudget {
+            scope,
+            id,
+            period,
+            limit_usd,
+            requested_usd,
+        } => write!(
+            f,
+            "Request too expensive for {} `{id}`: its worst case costs ${requested_usd:.4}, more than the whole budget of ${limit_usd:.4} a {} (UTC). Ask for fewer tokens (max_tokens) or send a shorter prompt.",
             scope.as_str(),
             period.as_str()
         ),

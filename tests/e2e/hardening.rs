@@ -437,3 +437,62 @@ async fn reloads_never_open_what_a_truncated_file_leaves_out_nor_quote_secrets()
     assert_eq!(reload().await.unwrap().status(), 200);
     assert_eq!(still_closed().await, (200, 200));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reservations_bound_what_a_request_may_spend() {
+    let mock = Mock::start(&["--completion-tokens", "5"]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - {{ name: m, targets: [{{ provider: up, model: gpt-4o }}] }}\n\
+         keys:\n  - {{ id: small, key: sk-small, limits: {{ tpm: 500 }} }}\n\
+         \x20 - {{ id: wide, key: sk-wide, limits: {{ tpm: 5000 }} }}\n\
+         \x20 - {{ id: cheap, key: sk-cheap, budget: {{ usd_per_day: 0.01 }} }}\n",
+        provider("up", &mock.url()),
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let send = |key: &'static str, extra: Value| {
+        let mut body = chat_body("m", false);
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+
+    // Without max_tokens a 500-token minute still serves requests: it reserves what fits.
+    for _ in 0..3 {
+        let r = send("sk-small", json!({})).await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    // Each of n choices may use max_tokens.
+    let r = send("sk-wide", json!({"max_tokens": 1000, "n": 5}))
+        .await
+        .unwrap();
+    let e = expect_error(r, 429, Some("rate_limit_exceeded")).await;
+    assert!(e["message"].as_str().unwrap().contains("Limit 5000"), "{e}");
+    let r = send("sk-wide", json!({"max_tokens": 1000, "n": 4}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = send("sk-wide", json!({"n": 500})).await.unwrap();
+    expect_error(r, 400, None).await;
+
+    // A worst case beyond the budget is refused; the same prompt without a cap is served.
+    let r = send("sk-cheap", json!({"max_tokens": 10_000}))
+        .await
+        .unwrap();
+    let e = expect_error(r, 429, Some("budget_exceeded")).await;
+    assert!(e["message"].as_str().unwrap().contains("max_tokens"), "{e}");
+    let r = send("sk-cheap", json!({})).await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Absurd caps saturate instead of wrapping around to a small reservation.
+    let r = send("sk-wide", json!({"max_tokens": u64::MAX, "n": 128}))
+        .await
+        .unwrap();
+    expect_error(r, 429, Some("rate_limit_exceeded")).await;
+}

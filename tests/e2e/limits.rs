@@ -185,7 +185,18 @@ async fn a_tiny_daily_budget_stops_the_key_once_spent() {
         provider("up", &mock.url())
     ))
     .await;
+    // With max_tokens its worst case would not fit the budget; without, it reserves what is
+    // left.
     let r = chat(&gw, "sk-app", small_chat("m", false))
+        .send()
+        .await
+        .unwrap();
+    let error = expect_error(r, 429, Some("budget_exceeded")).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("worst case"),
+        "{error}"
+    );
+    let r = chat(&gw, "sk-app", chat_body("m", false))
         .send()
         .await
         .unwrap();
@@ -194,7 +205,7 @@ async fn a_tiny_daily_budget_stops_the_key_once_spent() {
     // The first answer cost more than the whole budget (16 output tokens at $10/M).
     let mut refused = None;
     for _ in 0..20 {
-        let r = chat(&gw, "sk-app", small_chat("m", false))
+        let r = chat(&gw, "sk-app", chat_body("m", false))
             .send()
             .await
             .unwrap();
@@ -219,7 +230,7 @@ async fn a_tiny_daily_budget_stops_the_key_once_spent() {
             "tollgate_budget_exceeded_total",
             &["scope=\"key\"", "period=\"day\""]
         ),
-        1.0
+        2.0
     );
 }
 

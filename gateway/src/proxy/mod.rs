@@ -333,7 +333,7 @@ impl Gateway {
         let subjects = quota::subjects(rt, key.as_deref());
         if !subjects.is_empty() {
             let quotas: Vec<&Quota> = subjects.iter().map(|s| s.quota).collect();
-            let demand = quota::demand(&quotas, model, op, body.len(), head.max_output);
+            let demand = quota::demand(&quotas, model, op, body.len(), output_cap(&head));
             let grant = self
                 .limiter
                 .admit(&subjects, demand, SystemTime::now())
@@ -379,7 +379,7 @@ impl Gateway {
                 None => false,
                 Some(subject) => {
                     let demand =
-                        quota::demand(&[subject.quota], model, op, body.len(), head.max_output);
+                        quota::demand(&[subject.quota], model, op, body.len(), output_cap(&head));
                     match self
                         .limiter
                         .admit(&[subject], demand, SystemTime::now())
@@ -627,11 +627,12 @@ impl Gateway {
                 .ratelimited
                 .with_label_values(&[scope.as_str()])
                 .inc(),
-            Refusal::Budget { scope, period, .. } => self
-                .metrics
-                .budget_exceeded
-                .with_label_values(&[scope.as_str(), period.as_str()])
-                .inc(),
+            Refusal::Budget { scope, period, .. } | Refusal::OverBudget { scope, period, .. } => {
+                self.metrics
+                    .budget_exceeded
+                    .with_label_values(&[scope.as_str(), period.as_str()])
+                    .inc()
+            }
             Refusal::Unavailable => {}
         }
     }
@@ -681,11 +682,20 @@ fn usage_reports(
     (Some(wanted), Some(shown))
 }
 
+fn output_cap(head: &RequestHead) -> quota::OutputCap {
+    quota::OutputCap {
+        max_tokens: head.max_output,
+        choices: head.choices,
+    }
+}
+
 /// How long a refused request should wait before it tries again.
 fn retry_wait(refusal: &Refusal) -> Duration {
     match refusal {
         Refusal::Rate { retry_after, .. } | Refusal::Budget { retry_after, .. } => *retry_after,
-        Refusal::TooLarge { .. } | Refusal::Unavailable => Duration::MAX,
+        Refusal::TooLarge { .. } | Refusal::OverBudget { .. } | Refusal::Unavailable => {
+            Duration::MAX
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use crate::config::Runtime;
 use crate::metering;
 use crate::providers::chat::Usage;
 use crate::providers::{Operation, Provider};
-use tollgate_plugins::limits::{Demand, Quota, Scope, Subject};
+use tollgate_plugins::limits::{Ask, Demand, Quota, Scope, Subject};
 
 /// Output tokens reserved for a request that sets no `max_tokens`; settle gives back what
 /// it did not use.
@@ -51,47 +51,67 @@ pub fn provider_subject(provider: &Provider) -> Option<Subject<'_>> {
 
 /// What to reserve for one request: its prompt, estimated from the body's length (about four
 /// bytes a token, as OpenAI's own rate limiter estimates from characters; settle corrects it,
-/// and no parse or tokenizer pass is spent on a 1 MiB prompt), plus its output cap, priced
-/// at the dearest of the model's targets.
+/// and no parse or tokenizer pass is spent on a 1 MiB prompt), plus its output cap for each
+/// of its `n` choices, priced at the dearest of the model's targets. A request without an
+/// output cap asks for a default output it can do without: it reserves what fits, down to
+/// its prompt.
 pub fn demand(
     quotas: &[&Quota],
     model: &Model,
     op: Operation,
     body_len: usize,
-    max_output: Option<u64>,
-) -> Demand {
+    output: OutputCap,
+) -> Ask {
     let needs_tokens = quotas.iter().any(|q| q.tpm.is_some());
     let needs_usd = quotas
         .iter()
         .any(|q| q.usd_per_day.is_some() || q.usd_per_month.is_some());
     if !needs_tokens && !needs_usd {
-        return Demand::default();
+        return Ask::default();
     }
     let input = body_len as u64 / 4;
-    let output = match op {
-        Operation::Embeddings => 0,
-        _ => max_output.unwrap_or(DEFAULT_OUTPUT_RESERVATION),
+    let per_choice = match op {
+        Operation::Embeddings => Some(0),
+        _ => output.max_tokens,
     };
-    let usage = Usage {
-        input,
-        cached_input: 0,
-        output,
+    let priced = |output: u64| {
+        let usage = Usage {
+            input,
+            cached_input: 0,
+            output,
+        };
+        let usd = model
+            .targets
+            .iter()
+            .map(|t| metering::cost(t.facts.and_then(|f| f.prices), usage))
+            .fold(0.0, f64::max);
+        Demand {
+            tokens: input.saturating_add(output),
+            usd,
+        }
     };
-    let usd = model
-        .targets
-        .iter()
-        .map(|t| metering::cost(t.facts.and_then(|f| f.prices), usage))
-        .fold(0.0, f64::max);
-    Demand {
-        tokens: input + output,
-        usd,
+    let choices = output.choices.max(1);
+    match per_choice {
+        Some(cap) => Ask::from(priced(cap.saturating_mul(choices))),
+        None => Ask {
+            least: priced(0),
+            most: priced(DEFAULT_OUTPUT_RESERVATION.saturating_mul(choices)),
+        },
     }
+}
+
+/// What a request may generate: its output cap (`None` when it sets none) per choice, and
+/// how many choices (`n`).
+#[derive(Clone, Copy, Debug)]
+pub struct OutputCap {
+    pub max_tokens: Option<u64>,
+    pub choices: u64,
 }
 
 /// What a request really used, for settling its reservations.
 pub fn actual(metered: Option<tollgate_plugins::Metered>) -> Demand {
     metered.map_or(Demand::default(), |m| Demand {
-        tokens: m.usage.input + m.usage.output,
+        tokens: m.usage.input.saturating_add(m.usage.output),
         usd: m.cost_usd,
     })
 }

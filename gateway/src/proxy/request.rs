@@ -24,7 +24,12 @@ pub struct RequestHead {
     stream_options_span: Option<Range<usize>>,
     /// The output cap the request sets (`max_completion_tokens`, else `max_tokens`).
     pub max_output: Option<u64>,
+    /// How many choices it asks for (`n`, 1 by default).
+    pub choices: u64,
 }
+
+/// The most choices one request may ask for, as OpenAI allows.
+const MAX_CHOICES: u64 = 128;
 
 /// Which usage a stream should report when the gateway asks for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +50,7 @@ struct Fields<'a> {
     stream_options: Option<&'a RawValue>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
+    n: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +98,13 @@ impl RequestHead {
         let include_usage = options
             .as_ref()
             .is_some_and(|o| o.include_usage == Some(true));
+        let choices = fields.n.unwrap_or(1);
+        if !(1..=MAX_CHOICES).contains(&choices) {
+            return Err(bad(
+                format!("`n` must be between 1 and {MAX_CHOICES}."),
+                Some("n"),
+            ));
+        }
         // RawValue borrows from `body`, so its address gives the value's exact position.
         Ok(RequestHead {
             model,
@@ -102,6 +115,7 @@ impl RequestHead {
                 && options.is_some_and(|o| o.continuous_usage_stats == Some(true)),
             stream_options_span: fields.stream_options.map(|raw| span_in(body, raw)),
             max_output: fields.max_completion_tokens.or(fields.max_tokens),
+            choices,
         })
     }
 
@@ -239,6 +253,9 @@ mod tests {
             (br#"{"model":""}"#, "must not be empty"),
             (br#"{"model":"m","stream":"yes"}"#, "not valid JSON"),
             (br#"{"model":"m"} trailing"#, "not valid JSON"),
+            (br#"{"model":"m","n":0}"#, "`n` must be"),
+            (br#"{"model":"m","n":129}"#, "`n` must be"),
+            (br#"{"model":"m","n":-1}"#, "not valid JSON"),
         ] {
             let err = RequestHead::parse(body).unwrap_err();
             assert_eq!(err.status(), 400);

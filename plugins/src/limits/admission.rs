@@ -3,7 +3,7 @@
 //! same checks, so they admit and refuse alike and report the same headers.
 
 use super::gcra::Gcra;
-use super::{Demand, Dimension, Grant, Period, RateHeaders, Refusal, Scope, Subject, Window};
+use super::{Ask, Demand, Dimension, Grant, Period, RateHeaders, Refusal, Scope, Subject, Window};
 use std::time::Duration;
 
 /// The most micro-dollars one amount may hold: 2^53 (about 9 billion USD), below which Lua's
@@ -26,51 +26,79 @@ pub(super) struct Check<'a> {
 
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Limit {
-    /// A per-minute bucket, and how many units this admission takes from it.
+    /// A per-minute bucket, and how many units this admission takes from it: as many of
+    /// `most` as it holds, at least `least`.
     Rate {
         dimension: Dimension,
         gcra: Gcra,
-        amount: u64,
+        amount: Amount,
     },
     /// A budget in micro-dollars (and as configured, for refusals), and this admission's
-    /// reservation.
+    /// reservation: as much of `most` as is left, at least `least`.
     Budget {
         period: Period,
         limit: u64,
         limit_usd: f64,
-        amount: u64,
+        amount: Amount,
     },
+}
+
+/// The range an admission may take from one limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Amount {
+    pub least: u64,
+    pub most: u64,
+}
+
+impl Amount {
+    fn exactly(n: u64) -> Amount {
+        Amount { least: n, most: n }
+    }
+
+    /// What to take when `room` is left: all that fits, never less than `least`.
+    pub fn within(self, room: u64) -> u64 {
+        room.clamp(self.least, self.most)
+    }
 }
 
 /// The checks for `demand` against every subject's quota, in subject order: requests,
 /// tokens, day, month. A demand that no bucket could ever hold is refused here, without
 /// asking a store.
-pub(super) fn plan<'a>(
-    subjects: &[Subject<'a>],
-    demand: Demand,
-) -> Result<Vec<Check<'a>>, Refusal> {
-    let usd = micros(demand.usd);
+pub(super) fn plan<'a>(subjects: &[Subject<'a>], ask: Ask) -> Result<Vec<Check<'a>>, Refusal> {
+    let least_usd = micros(ask.least.usd);
+    let usd = Amount {
+        least: least_usd,
+        most: micros(ask.most.usd).max(least_usd),
+    };
+    let tokens = Amount {
+        least: ask.least.tokens,
+        most: ask.most.tokens.max(ask.least.tokens),
+    };
     let mut checks = Vec::with_capacity(subjects.len() * 4);
     for subject in subjects {
         let quota = subject.quota;
         let rates = [
-            (Dimension::Requests, quota.rpm, 1),
-            (Dimension::Tokens, quota.tpm, demand.tokens),
+            (Dimension::Requests, quota.rpm, Amount::exactly(1)),
+            (Dimension::Tokens, quota.tpm, tokens),
         ];
         for (dimension, limit, amount) in rates {
             let Some(limit) = limit else { continue };
-            if amount > limit {
+            if amount.least > limit {
                 return Err(Refusal::TooLarge {
                     scope: subject.scope,
                     id: subject.id.to_owned(),
                     dimension,
                     limit,
-                    requested: amount,
+                    requested: amount.least,
                 });
             }
-            // Only a zero-unit demand gets past a zero limit: it has nothing to take.
+            // Only a zero-unit ask gets past a zero limit: it has nothing to take.
             let Some(gcra) = Gcra::new(limit) else {
                 continue;
+            };
+            let amount = Amount {
+                most: amount.most.min(limit),
+                ..amount
             };
             checks.push(Check {
                 scope: subject.scope,
@@ -88,14 +116,27 @@ pub(super) fn plan<'a>(
         ];
         for (period, limit_usd) in budgets {
             let Some(limit_usd) = limit_usd else { continue };
+            let limit = micros(limit_usd);
+            if usd.least > limit {
+                return Err(Refusal::OverBudget {
+                    scope: subject.scope,
+                    id: subject.id.to_owned(),
+                    period,
+                    limit_usd,
+                    requested_usd: ask.least.usd,
+                });
+            }
             checks.push(Check {
                 scope: subject.scope,
                 id: subject.id,
                 limit: Limit::Budget {
                     period,
-                    limit: micros(limit_usd),
+                    limit,
                     limit_usd,
-                    amount: usd,
+                    amount: Amount {
+                        most: usd.most.min(limit),
+                        ..usd
+                    },
                 },
             });
         }
@@ -118,10 +159,15 @@ pub(super) struct Evaluation {
     pub outcome: Outcome,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Outcome {
-    /// Every check passed and every reservation is applied, in these period instances.
-    Admitted { day: i64, month: i64 },
+    /// Every check passed and every reservation is applied, in these period instances;
+    /// `taken` holds what each check took, in check order.
+    Admitted {
+        day: i64,
+        month: i64,
+        taken: Vec<u64>,
+    },
     /// Nothing changed. `check` (an index into the checks) is the failed check with the
     /// longest wait, the first such on ties: the one worth reporting.
     Refused { check: usize, wait_us: u64 },
@@ -162,32 +208,30 @@ impl Hold {
 /// The grant or refusal a store's evaluation of `checks` amounts to.
 pub(super) fn conclude(checks: &[Check], evaluation: Evaluation) -> Result<Grant, Refusal> {
     let Evaluation { readings, outcome } = evaluation;
-    let (day, month) = match outcome {
-        Outcome::Admitted { day, month } => (day, month),
+    let (day, month, taken) = match outcome {
+        Outcome::Admitted { day, month, taken } => (day, month, taken),
         Outcome::Refused { check, wait_us } => {
             return Err(refusal(checks, &readings, check, wait_us));
         }
     };
     let reservations = checks
         .iter()
-        .filter_map(|check| {
+        .zip(taken)
+        .filter_map(|(check, reserved)| {
             let hold = match check.limit {
                 Limit::Rate {
                     dimension: Dimension::Tokens,
                     gcra,
-                    amount,
-                } => Hold::Tokens {
-                    gcra,
-                    reserved: amount,
-                },
+                    ..
+                } => Hold::Tokens { gcra, reserved },
                 Limit::Rate { .. } => return None,
-                Limit::Budget { period, amount, .. } => Hold::Usd {
+                Limit::Budget { period, .. } => Hold::Usd {
                     period,
                     instance: match period {
                         Period::Day => day,
                         Period::Month => month,
                     },
-                    reserved: amount,
+                    reserved,
                 },
             };
             Some(Reservation {

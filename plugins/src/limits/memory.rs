@@ -53,6 +53,7 @@ impl MemoryStore {
         let mut before = Vec::with_capacity(checks.len());
         let mut after = Vec::with_capacity(checks.len());
         let mut writes = Vec::with_capacity(checks.len());
+        let mut taken = Vec::with_capacity(checks.len());
         let mut refused: Option<(usize, u64)> = None;
         for (i, check) in checks.iter().enumerate() {
             let entry = state.get(check.scope, check.id);
@@ -68,6 +69,8 @@ impl MemoryStore {
                         remaining,
                         reset_us,
                     });
+                    let amount = amount.within(remaining);
+                    taken.push(amount);
                     match gcra.take(tat, now_us, amount) {
                         Ok(next) => {
                             let (remaining, reset_us) = gcra.window(next, now_us);
@@ -90,12 +93,13 @@ impl MemoryStore {
                     let instance = periods.instance(period);
                     let spent = entry.spend(period).in_instance(instance);
                     before.push(Reading::Budget { spent });
+                    let amount = amount.within(limit.saturating_sub(spent));
+                    taken.push(amount);
                     let micros = spent.saturating_add(amount);
                     after.push(Reading::Budget { spent: micros });
                     writes.push(Write::Spend(period, Spend { instance, micros }));
-                    // Passes while anything is left, however little: a reservation may
-                    // overshoot by itself, never by more.
-                    (spent >= limit)
+                    // A spent budget refuses even a free request; any other must fit.
+                    (spent >= limit || micros > limit)
                         .then(|| (periods.end(period) * 1_000_000).saturating_sub(now_us))
                 }
             };
@@ -123,6 +127,7 @@ impl MemoryStore {
             outcome: Outcome::Admitted {
                 day: periods.day,
                 month: periods.month,
+                taken,
             },
         }
     }
@@ -286,7 +291,7 @@ mod tests {
                 tokens: 0,
                 usd: 0.5,
             };
-            let checks = plan(&subjects, demand).unwrap();
+            let checks = plan(&subjects, demand.into()).unwrap();
             store.evaluate(&checks, now)
         };
         admit("spender", &budget, t0);

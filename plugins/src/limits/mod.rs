@@ -5,34 +5,37 @@
 //! # Lifecycle
 //!
 //! [`Limiter::admit`] checks one request against every subject it counts for (typically its
-//! key and its team, or one provider) and, if all pass, reserves what the request is expected
-//! to use: one request, `demand.tokens` tokens and `demand.usd` dollars. Admission is
-//! all-or-nothing: either every check passes and every reservation is applied, or nothing
-//! changes; when several checks fail, the refusal names the one with the longest wait.
-//! [`Limiter::settle`] reconciles the [`Grant`] with what the request really used.
-//! Reservations are what keep concurrent requests honest: a request in flight already counts
-//! against every limit it was admitted under.
+//! key and its team, or one provider) and, if all pass, reserves what the request may use:
+//! one request, and tokens and dollars as its [`Ask`] says — at most `most`, and never less
+//! than `least`. A request with an output cap asks for exactly its worst case; one without
+//! asks for a default output it can do without, so it reserves what fits, down to its
+//! prompt, and settle reconciles. Admission is all-or-nothing: either every check passes and
+//! every reservation is applied, or nothing changes; when several checks fail, the refusal
+//! names the one with the longest wait. [`Limiter::settle`] reconciles the [`Grant`] with
+//! what the request really used. Reservations are what keep concurrent requests honest: a
+//! request in flight already counts against every limit it was admitted under.
 //!
 //! # Rates
 //!
 //! Requests per minute and tokens per minute are token buckets kept by GCRA (one
 //! "theoretical arrival time" per bucket): a bucket holds up to the per-minute limit and
-//! refills at the limit per 60 s, continuously. An admission takes 1 request and
-//! `demand.tokens` tokens; when they do not fit, it is refused with `retry_after` = the time
-//! until they would. A demand larger than a whole tpm can never fit: [`Refusal::TooLarge`].
-//! Settle gives the bucket back `reserved - actual` tokens (never beyond full), or charges
-//! `actual - reserved` more, even into debt, which later admissions then wait out. Requests
-//! are not given back.
+//! refills at the limit per 60 s, continuously. An admission takes 1 request and as many
+//! tokens of its ask as the bucket holds, at least `least.tokens`; when those do not fit, it
+//! is refused with `retry_after` = the time until they would. An ask whose least is larger
+//! than a whole tpm can never fit: [`Refusal::TooLarge`]. Settle gives the bucket back
+//! `reserved - actual` tokens (never beyond full), or charges `actual - reserved` more, even
+//! into debt, which later admissions then wait out. Requests are not given back.
 //!
 //! # Budgets
 //!
 //! USD per UTC calendar day and per UTC calendar month, counted in whole micro-dollars per
-//! period instance. An admission passes while what is spent, outstanding reservations
-//! included, is below the limit (so even a tiny budget admits its first request, and
-//! spending overshoots by at most one request beyond its reservation), then adds
-//! `demand.usd` as a reservation. A refusal's `retry_after` runs to the start of the next
-//! UTC day or month. Settle adds `actual - reserved` to the period instance the grant
-//! reserved in, even if another one has begun since.
+//! period instance. An admission reserves as much of its ask as is left of the budget,
+//! outstanding reservations included, and at least `least.usd`: it passes only when that
+//! fits, so spending overshoots a budget only by what a request without an output cap used
+//! beyond its reservation. An ask whose least is larger than the whole budget can never fit:
+//! [`Refusal::OverBudget`]. A refusal's `retry_after` runs to the start of the next UTC day
+//! or month. Settle adds `actual - reserved` to the period instance the grant reserved in,
+//! even if another one has begun since.
 //!
 //! # Headers
 //!
@@ -136,6 +139,23 @@ pub struct Demand {
     pub usd: f64,
 }
 
+/// What an admission asks to reserve: as much of `most` as fits, and at least `least`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Ask {
+    pub least: Demand,
+    pub most: Demand,
+}
+
+/// Exactly the demand, or nothing.
+impl From<Demand> for Ask {
+    fn from(demand: Demand) -> Ask {
+        Ask {
+            least: demand,
+            most: demand,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dimension {
     Requests,
@@ -205,6 +225,14 @@ pub enum Refusal {
         dimension: Dimension,
         limit: u64,
         requested: u64,
+    },
+    /// A request whose least cost is more than a whole budget: it can never pass.
+    OverBudget {
+        scope: Scope,
+        id: String,
+        period: Period,
+        limit_usd: f64,
+        requested_usd: f64,
     },
     /// A budget spent: `retry_after` runs to the start of the next UTC day or month.
     Budget {
@@ -293,15 +321,15 @@ impl Limiter {
         })
     }
 
-    /// Admits one request against every subject, reserving `demand`, or refuses it and
-    /// changes nothing. `now` is the clock in process; Redis uses its own.
+    /// Admits one request against every subject, reserving what `ask` says, or refuses it
+    /// and changes nothing. `now` is the clock in process; Redis uses its own.
     pub async fn admit(
         &self,
         subjects: &[Subject<'_>],
-        demand: Demand,
+        ask: impl Into<Ask>,
         now: SystemTime,
     ) -> Result<Grant, Refusal> {
-        let checks = plan(subjects, demand)?;
+        let checks = plan(subjects, ask.into())?;
         if checks.is_empty() {
             return Ok(Grant::empty());
         }

@@ -250,33 +250,43 @@ async fn two_replicas_share_a_budget() {
     let subjects = [subject(Scope::Team, "research", &quota)];
     let now = SystemTime::now();
     let mut grants = Vec::new();
-    for replica in [&a, &b, &a, &b] {
+    for replica in [&a, &b, &a] {
         grants.push(replica.admit(&subjects, demand(0, 0.3), now).await.unwrap());
     }
+    // 0.9 reserved: another 0.3 does not fit.
     let Err(Refusal::Budget {
         period,
         spent_usd,
         retry_after,
         ..
-    }) = a.admit(&subjects, demand(0, 0.3), now).await
+    }) = b.admit(&subjects, demand(0, 0.3), now).await
     else {
         panic!("not a budget refusal");
     };
     assert_eq!(period, Period::Day);
-    assert!((spent_usd - 1.2).abs() < 1e-9, "{spent_usd}");
+    assert!((spent_usd - 0.9).abs() < 1e-9, "{spent_usd}");
     let unix_s = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
     let to_midnight = Periods::at(unix_s).day_end - unix_s;
     assert!(
         retry_after.as_secs().abs_diff(to_midnight) <= 2,
         "{retry_after:?}"
     );
-    // One reservation turns out to have cost nothing: spent 0.9, below the limit again.
+    // Without an output cap, a request reserves what is left.
+    let flexible = Ask {
+        least: demand(0, 0.05),
+        most: demand(0, 0.3),
+    };
+    let rest = b.admit(&subjects, flexible, now).await.unwrap();
+    // One reservation turns out to have cost nothing: 0.3 is free again.
     b.settle(grants.remove(0), demand(0, 0.0), now).await;
-    a.admit(&subjects, demand(0, 0.3), now).await.unwrap();
+    // It used a little more than it reserved: 0.75 spent.
+    a.settle(rest, demand(0, 0.15), now).await;
+    a.admit(&subjects, demand(0, 0.2), now).await.unwrap();
     assert!(matches!(
-        b.admit(&subjects, demand(0, 0.3), now).await,
+        b.admit(&subjects, demand(0, 0.1), now).await,
         Err(Refusal::Budget { .. })
     ));
+    b.admit(&subjects, demand(0, 0.05), now).await.unwrap();
     for replica in [&a, &b] {
         assert_eq!(replica.shared_state().map(|h| h.errors), Some(0));
     }

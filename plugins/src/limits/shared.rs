@@ -93,7 +93,8 @@ impl SharedStore {
                     .key(rate_key(check.scope, check.id, dimension))
                     .arg("r")
                     .arg(gcra.limit())
-                    .arg(amount),
+                    .arg(amount.least)
+                    .arg(amount.most),
                 Limit::Budget {
                     period,
                     limit,
@@ -106,7 +107,8 @@ impl SharedStore {
                         Period::Month => "m",
                     })
                     .arg(limit)
-                    .arg(amount),
+                    .arg(amount.least)
+                    .arg(amount.most),
             };
         }
         let reply = self.call::<Vec<i64>>(&invocation).await;
@@ -199,18 +201,19 @@ fn budget_key(scope: Scope, id: &str, period: Period) -> String {
     format!("tollgate:usd:{}:{id}:{}", scope.as_str(), period.as_str())
 }
 
-/// Reads admit.lua's reply: five numbers, then two per check.
+/// Reads admit.lua's reply: five numbers, then three per check.
 fn parse_evaluation(reply: &[i64], checks: &[Check]) -> Result<Evaluation, Failure> {
     let malformed = || Failure::Malformed(reply.len());
-    let ([admitted, refused, wait, day, month], pairs) =
+    let ([admitted, refused, wait, day, month], triples) =
         reply.split_first_chunk::<5>().ok_or_else(malformed)?;
-    if pairs.len() != 2 * checks.len() {
+    if triples.len() != 3 * checks.len() {
         return Err(malformed());
     }
     let count = |x: i64| u64::try_from(x).unwrap_or(0);
+    let taken = triples.chunks_exact(3).map(|t| count(t[2])).collect();
     let readings = checks
         .iter()
-        .zip(pairs.chunks_exact(2))
+        .zip(triples.chunks_exact(3))
         .map(|(check, pair)| match check.limit {
             Limit::Rate { .. } => Reading::Rate {
                 remaining: count(pair[0]),
@@ -225,6 +228,7 @@ fn parse_evaluation(reply: &[i64], checks: &[Check]) -> Result<Evaluation, Failu
         (1, Ok(0)) => Outcome::Admitted {
             day: *day,
             month: *month,
+            taken,
         },
         (0, Ok(check)) if (1..=checks.len()).contains(&check) => Outcome::Refused {
             check: check - 1,

@@ -1,5 +1,6 @@
 //! The limiter's semantics in process, on an injected clock.
 
+use super::admission::Hold;
 use super::*;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -69,10 +70,10 @@ fn window(limit: u64, remaining: u64, reset: Duration) -> Option<Window> {
 async fn admit_ok(
     limiter: &Limiter,
     subjects: &[Subject<'_>],
-    demand: Demand,
+    ask: impl Into<Ask>,
     now: SystemTime,
 ) -> Grant {
-    match limiter.admit(subjects, demand, now).await {
+    match limiter.admit(subjects, ask, now).await {
         Ok(grant) => grant,
         Err(refusal) => panic!("refused: {refusal:?}"),
     }
@@ -81,10 +82,10 @@ async fn admit_ok(
 async fn refusal(
     limiter: &Limiter,
     subjects: &[Subject<'_>],
-    demand: Demand,
+    ask: impl Into<Ask>,
     now: SystemTime,
 ) -> Refusal {
-    match limiter.admit(subjects, demand, now).await {
+    match limiter.admit(subjects, ask, now).await {
         Ok(grant) => panic!("admitted: {grant:?}"),
         Err(refusal) => refusal,
     }
@@ -265,12 +266,26 @@ async fn admission_is_all_or_nothing_across_subjects() {
 }
 
 #[tokio::test]
-async fn a_tiny_day_budget_admits_once_and_again_the_next_day() {
+async fn a_tiny_day_budget_reserves_what_is_left_then_waits_for_the_next_day() {
     let limiter = Limiter::in_process();
     let quota = per_day(0.01);
     let subjects = [key("k", &quota)];
-    // More than the whole budget, and still admitted: nothing was spent yet.
-    let grant = admit_ok(&limiter, &subjects, usd(0.05), at(0.0)).await;
+    // A worst case beyond the whole budget can never pass.
+    let over = refusal(&limiter, &subjects, usd(0.05), at(0.0)).await;
+    assert!(
+        matches!(over, Refusal::OverBudget { requested_usd, .. } if requested_usd == 0.05),
+        "{over:?}"
+    );
+    // Without an output cap, it reserves what is left and is reconciled later.
+    let flexible = Ask {
+        least: usd(0.001),
+        most: usd(0.05),
+    };
+    let grant = admit_ok(&limiter, &subjects, flexible, at(0.0)).await;
+    assert!(
+        matches!(grant.reservations[0].hold, Hold::Usd { reserved, .. } if reserved == 10_000),
+        "{grant:?}"
+    );
     limiter.settle(grant, usd(0.02), at(1.0)).await;
     let refused = refusal(&limiter, &subjects, usd(0.001), at(2.0)).await;
     let Refusal::Budget {
@@ -297,14 +312,40 @@ async fn outstanding_reservations_stop_admission_before_settle() {
     let quota = per_day(1.0);
     let subjects = [key("k", &quota)];
     let mut grants = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         grants.push(admit_ok(&limiter, &subjects, usd(0.4), at(0.0)).await);
     }
+    // 0.8 reserved: another 0.4 does not fit, though 0.2 does.
     let refused = refusal(&limiter, &subjects, usd(0.4), at(0.0)).await;
-    assert!(matches!(refused, Refusal::Budget { spent_usd, .. } if (spent_usd - 1.2).abs() < 1e-9));
+    assert!(matches!(refused, Refusal::Budget { spent_usd, .. } if (spent_usd - 0.8).abs() < 1e-9));
     // One of them cost nothing after all.
     limiter.settle(grants.remove(0), usd(0.0), at(1.0)).await;
     admit_ok(&limiter, &subjects, usd(0.4), at(1.0)).await;
+    admit_ok(&limiter, &subjects, usd(0.2), at(1.0)).await;
+    refusal(&limiter, &subjects, usd(0.0), at(1.0)).await;
+}
+
+#[tokio::test]
+async fn a_request_without_an_output_cap_takes_what_fits_of_a_small_tpm() {
+    let limiter = Limiter::in_process();
+    let quota = tpm(500);
+    let subjects = [key("k", &quota)];
+    // A 100-token prompt with a 1,024-token default output: more than the whole bucket.
+    let ask = Ask {
+        least: tokens(100),
+        most: tokens(1_124),
+    };
+    let grant = admit_ok(&limiter, &subjects, ask, at(0.0)).await;
+    assert_eq!(grant.headers.tokens.map(|w| w.remaining), Some(0));
+    limiter.settle(grant, tokens(150), at(0.0)).await;
+    let grant = admit_ok(&limiter, &subjects, ask, at(0.0)).await;
+    assert_eq!(grant.headers.tokens.map(|w| w.remaining), Some(0));
+    // Nothing left for even the prompt: a wait, not "too large".
+    let refused = refusal(&limiter, &subjects, ask, at(0.0)).await;
+    assert!(matches!(refused, Refusal::Rate { .. }), "{refused:?}");
+    // A prompt larger than the bucket is.
+    let refused = refusal(&limiter, &subjects, tokens(600), at(0.0)).await;
+    assert!(matches!(refused, Refusal::TooLarge { .. }), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
