@@ -282,6 +282,11 @@ impl StreamMeter {
         out.freeze()
     }
 
+    /// Bytes of an unfinished event held between chunks.
+    pub fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+
     /// What is left once the upstream ended: an event the upstream never terminated.
     pub fn finish(&mut self) -> Bytes {
         let (wire, reported, shown) = (self.wire, &mut self.reported, self.shown);

@@ -496,3 +496,61 @@ async fn reservations_bound_what_a_request_may_spend() {
         .unwrap();
     expect_error(r, 429, Some("rate_limit_exceeded")).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_frees_its_upstream_and_reservations() {
+    use tokio::io::AsyncWriteExt;
+    // Tens of megabytes as fast as the mock can write them.
+    let mock = Mock::start(&["--completion-tokens", "400000"]);
+    let gw = Gateway::start_with(
+        &format!(
+            "providers:\n{}models:\n  - {{ name: m, targets: [{{ provider: up, model: gpt-4o }}] }}\n\
+             keys:\n  - {{ id: app, key: sk-app, limits: {{ tpm: 500000 }} }}\n",
+            provider("up", &mock.url()),
+        ),
+        "  client_write_timeout: 1s\n",
+    )
+    .await;
+    let body = json!({"model": "m", "stream": true, "max_tokens": 400_000,
+                      "messages": [{"role": "user", "content": "Talk forever"}]})
+    .to_string();
+    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-app\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // It never reads: the socket buffers fill, then the gateway's writes wait on it.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            in_flight(&gw).await == 1.0
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            in_flight(&gw).await == 0.0
+        })
+        .await,
+        "the stalled request was never settled:\n{}",
+        gw.log()
+    );
+    // Its 400k-token reservation came back (only what it streamed stays charged).
+    let mut again: Value = serde_json::from_str(&body).unwrap();
+    again["stream"] = json!(false);
+    again["max_tokens"] = json!(5);
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-app")
+        .json(&again)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    drop(stalled);
+}

@@ -20,6 +20,19 @@ pub fn send(text: impl AsRef<[u8]>) -> Step {
     Step::Send(text.as_ref().to_vec())
 }
 
+/// One HTTP/1.1 chunk of a chunked body.
+pub fn chunk(data: impl AsRef<[u8]>) -> Step {
+    let data = data.as_ref();
+    let mut bytes = format!("{:x}\r\n", data.len()).into_bytes();
+    bytes.extend_from_slice(data);
+    bytes.extend_from_slice(b"\r\n");
+    Step::Send(bytes)
+}
+
+/// A response head for a chunked event stream.
+pub const SSE_HEAD: &str =
+    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+
 /// A listener on 127.0.0.1 that plays `script` to every connection, then closes it.
 pub struct Scripted {
     pub addr: SocketAddr,

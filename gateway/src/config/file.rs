@@ -130,6 +130,9 @@ pub struct ServerSection {
     pub max_body_bytes: Option<u64>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub shutdown_grace: Option<Duration>,
+    /// How long one write to a client may wait for the client to read.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub client_write_timeout: Option<Duration>,
     pub h2c: Option<bool>,
     /// The data plane serves requests without a virtual key on purpose: a reload may then
     /// drop every key.

@@ -36,6 +36,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A client that takes longer than this to read one write has stopped reading.
+pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(10);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
@@ -80,6 +82,9 @@ pub struct ServerSettings {
     pub threads: usize,
     pub max_body_bytes: u64,
     pub shutdown_grace: Duration,
+    /// How long one write to a client may wait for it to read: a client that stops reading
+    /// frees its upstream, its place in flight and its reservations.
+    pub client_write_timeout: Duration,
     /// Whether the listeners also take cleartext HTTP/2 from clients that know to send it.
     pub h2c: bool,
     /// The file says the data plane is open (no keys) on purpose.
@@ -370,6 +375,7 @@ impl Runtime {
                 "threads": s.threads,
                 "max_body_bytes": s.max_body_bytes,
                 "shutdown_grace": format_duration(s.shutdown_grace),
+                "client_write_timeout": format_duration(s.client_write_timeout),
                 "h2c": s.h2c,
                 "open_data_plane": s.open_data_plane,
                 "open_admin": s.open_admin,
@@ -794,6 +800,9 @@ fn build_server(cx: &Ctx, s: ServerSection) -> Result<ServerSettings, ConfigErro
         threads,
         max_body_bytes,
         shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        client_write_timeout: s
+            .client_write_timeout
+            .unwrap_or(DEFAULT_CLIENT_WRITE_TIMEOUT),
         h2c: s.h2c.unwrap_or(true),
         open_data_plane: s.open_data_plane.unwrap_or(false),
         open_admin: s.open_admin.unwrap_or(false),

@@ -90,6 +90,11 @@ impl StreamTranscoder {
     }
 
     /// Client bytes for one upstream chunk (often empty: events may span chunks).
+    /// Bytes of an unfinished upstream event held between chunks.
+    pub fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+
     pub fn chunk(&mut self, data: &[u8]) -> Bytes {
         let (upstream, events) = (&mut self.upstream, &mut self.events);
         self.sse

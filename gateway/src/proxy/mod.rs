@@ -198,6 +198,10 @@ impl ProxyHttp for Gateway {
         ctx.method = req.method.clone();
         ctx.path = req.uri.path().to_string();
         let runtime = self.runtime.load_full();
+        // A client that stops reading must not hold its upstream (and reservations) forever.
+        session
+            .as_downstream_mut()
+            .set_write_timeout(Some(runtime.server.client_write_timeout));
         ctx.runtime = Some(runtime.clone());
         match self.serve(session, ctx, &runtime).await {
             Ok(()) => Ok(true),

@@ -171,6 +171,15 @@ impl BodyFilter {
         }
     }
 
+    /// Bytes of an upstream event still waiting for its end.
+    fn buffered(&self) -> usize {
+        match self {
+            BodyFilter::Stream(meter) => meter.buffered(),
+            BodyFilter::Transcode(t) => t.buffered(),
+            BodyFilter::Unmetered | BodyFilter::Whole { .. } => 0,
+        }
+    }
+
     /// The stage its work counts to.
     fn stage(&self) -> Stage {
         match self {
@@ -361,14 +370,17 @@ async fn relay_body(
         let filtering = Instant::now();
         let data = data.map(|d| filter.chunk(d));
         ctx.stages.add(filter.stage(), filtering.elapsed());
+        // An event that never ends (a line without a newline) must not grow without bound.
+        let after = match after {
+            Ok(_) if filter.buffered() > MAX_EVENT_BYTES => Err(GatewayError::UpstreamFailed(
+                format!("an upstream event is larger than {MAX_EVENT_BYTES} bytes"),
+            )),
+            after => after,
+        };
         if let Some(data) = data.filter(|d| !d.is_empty()) {
-            if session
-                .write_response_body(Some(data), false)
-                .await
-                .is_err()
-            {
+            if let Err(gone) = write_within(session, Some(data), false, deadline).await {
                 upstream.session.shutdown().await;
-                return Err(GatewayError::ClientGone);
+                return Err(gone);
             }
         }
         let failure = match after {
@@ -389,15 +401,28 @@ async fn relay_body(
         return Err(failure);
     }
     let tail = filter.finish();
-    session
-        .write_response_body(tail, true)
-        .await
-        .map_err(|_| GatewayError::ClientGone)?;
+    write_within(session, tail, true, deadline).await?;
     let idle_timeout = upstream.peer.options.idle_timeout;
     connector
         .release_http_session(upstream.session, &*upstream.peer, idle_timeout)
         .await;
     Ok(())
+}
+
+/// Writes to the client within what is left of the exchange (`total` covers the client's
+/// side too); each write is also bounded by the session's client write timeout.
+async fn write_within(
+    session: &mut Session,
+    data: Option<Bytes>,
+    end: bool,
+    deadline: Instant,
+) -> Result<(), GatewayError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match pingora::time::timeout(left, session.write_response_body(data, end)).await {
+        Ok(Ok(())) => Ok(()),
+        // Too slow a reader counts as gone: nothing more can be sent in time.
+        Ok(Err(_)) | Err(_) => Err(GatewayError::ClientGone),
+    }
 }
 
 /// The upstream's connection failed mid-response.
@@ -444,7 +469,10 @@ async fn take_ready(upstream: &mut HttpSession, first: Bytes) -> (Bytes, pingora
 }
 
 /// The most a translated whole body may weigh before the gateway gives up on it.
-const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;
+const MAX_TRANSLATED_BODY: usize = 16 * 1024 * 1024;
+
+/// The most one upstream stream event may weigh (inline images included).
+const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// A non-stream (or error) answer in another dialect: read whole, translated, sent with its
 /// length.
