@@ -26,6 +26,8 @@ pub enum GatewayError {
     MethodNotAllowed { method: String, path: String },
     /// 413
     BodyTooLarge { limit: u64 },
+    /// 408: the client sent its request body too slowly.
+    RequestTimeout,
     /// 502: every attempt failed.
     UpstreamFailed(String),
     /// 504: every attempt failed, the last by timing out.
@@ -57,6 +59,7 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) | GatewayError::UnknownPath(_) => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::RequestTimeout => 408,
             GatewayError::UpstreamFailed(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::NoEligibleTarget { .. } | GatewayError::ShuttingDown => 503,
@@ -121,6 +124,7 @@ impl GatewayError {
             GatewayError::UnknownPath(_) => "unknown_url",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
+            GatewayError::RequestTimeout => "request_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::NoEligibleTarget { .. } => "no_eligible_target",
@@ -217,6 +221,9 @@ impl fmt::Display for GatewayError {
                 f,
                 "The request body is larger than this gateway accepts ({limit} bytes)."
             ),
+            GatewayError::RequestTimeout => {
+                f.write_str("The request body did not arrive in time.")
+            }
             GatewayError::UpstreamFailed(detail) => {
                 write!(f, "All upstream attempts failed: {detail}")
             }

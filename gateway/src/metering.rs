@@ -287,6 +287,11 @@ impl StreamMeter {
         self.sse.buffered()
     }
 
+    /// Whether the client gets other bytes than the upstream sent (usage reports removed).
+    pub fn rewrites(&self) -> bool {
+        self.shown.is_some()
+    }
+
     /// What is left once the upstream ended: an event the upstream never terminated.
     pub fn finish(&mut self) -> Bytes {
         let (wire, reported, shown) = (self.wire, &mut self.reported, self.shown);

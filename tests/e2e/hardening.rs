@@ -554,3 +554,54 @@ async fn a_client_that_stops_reading_frees_its_upstream_and_reservations() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rewritten_body_gets_its_own_framing() {
+    // An event stream framed by content-length, ending with a usage chunk the client did not
+    // ask for: the gateway removes it, so the length no longer holds.
+    let events = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let upstream = Scripted::start(vec![send(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
+        events.len()
+    ))]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - {{ name: m, targets: [{{ provider: up, model: gpt-4o }}] }}\n",
+        provider("up", &upstream.url()),
+    ))
+    .await;
+    let r = gw.chat("m", true).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("a whole body, not one cut short");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("prompt_tokens"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_chunked_request_body_is_answered_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - {{ name: m, targets: [{{ provider: up, model: gpt-4o }}] }}\n",
+        provider("up", &mock.url()),
+    ))
+    .await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{\"model\":\"m\"}\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(answer.contains("chunked"), "{answer}");
+    assert!(mock.requests().await.is_empty());
+    assert_eq!(gw.chat("m", false).await.status(), 200);
+}

@@ -773,7 +773,7 @@ async fn read_body(session: &mut Session, limit: u64) -> std::result::Result<Byt
     while let Some(chunk) = session
         .read_request_body()
         .await
-        .map_err(|_| GatewayError::ClientGone)?
+        .map_err(|e| body_error(&e))?
     {
         if (body.len() + chunk.len()) as u64 > limit {
             return Err(GatewayError::BodyTooLarge { limit });
@@ -781,6 +781,20 @@ async fn read_body(session: &mut Session, limit: u64) -> std::result::Result<Byt
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// Why a request body could not be read: the client's malformed framing or slowness is
+/// answered; a client that left is not.
+fn body_error(e: &Error) -> GatewayError {
+    match e.etype() {
+        // pingora-core's error for a chunk size or terminator that does not parse.
+        ErrorType::Custom("InvalidChunk") => GatewayError::BadRequest {
+            message: "The request body's chunked transfer encoding is malformed.".into(),
+            param: None,
+        },
+        ErrorType::ReadTimedout => GatewayError::RequestTimeout,
+        _ => GatewayError::ClientGone,
+    }
 }
 
 /// `GET /v1/models` (or one model): what this key may call.

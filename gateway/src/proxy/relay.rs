@@ -67,6 +67,17 @@ pub enum Translation<'a> {
     },
 }
 
+/// How the client's body is framed.
+#[derive(Clone, Copy)]
+enum Length {
+    /// The gateway wrote the whole body itself.
+    Exactly(usize),
+    /// The upstream's bytes pass unchanged: its framing stands.
+    Upstream,
+    /// The upstream's bytes are rewritten on the way: chunked.
+    Rewritten,
+}
+
 /// The client's response header: the upstream's own headers when its body passes through,
 /// and the gateway's account of what happened.
 fn client_header(
@@ -74,7 +85,7 @@ fn client_header(
     status: u16,
     upstream: Option<&ResponseHeader>,
     content_type: Option<&str>,
-    content_length: Option<usize>,
+    content_length: Length,
 ) -> Result<ResponseHeader, GatewayError> {
     let failed = |_| GatewayError::ClientGone;
     let mut resp = ResponseHeader::build(status, Some(12)).map_err(failed)?;
@@ -89,9 +100,13 @@ fn client_header(
             .map_err(failed)?;
     }
     match content_length {
-        Some(length) => resp.insert_header(header::CONTENT_LENGTH, length.to_string()),
-        None if resp.headers.contains_key(header::CONTENT_LENGTH) => Ok(()),
-        None => resp.insert_header(header::TRANSFER_ENCODING, "chunked"),
+        Length::Exactly(length) => resp.insert_header(header::CONTENT_LENGTH, length.to_string()),
+        Length::Upstream if resp.headers.contains_key(header::CONTENT_LENGTH) => Ok(()),
+        // A body the gateway rewrites can no longer have the upstream's length.
+        Length::Upstream | Length::Rewritten => {
+            resp.remove_header(&header::CONTENT_LENGTH);
+            resp.insert_header(header::TRANSFER_ENCODING, "chunked")
+        }
     }
     .map_err(failed)?;
     let provider = ctx.provider.clone().unwrap_or_default();
@@ -323,10 +338,17 @@ async fn relay_body(
         .is_some_and(|v| v.starts_with("text/event-stream"))
         || client_streaming;
     let resp = match filter {
-        BodyFilter::Transcode(_) => {
-            client_header(ctx, status, None, Some("text/event-stream"), None)?
+        BodyFilter::Transcode(_) => client_header(
+            ctx,
+            status,
+            None,
+            Some("text/event-stream"),
+            Length::Rewritten,
+        )?,
+        BodyFilter::Stream(meter) if meter.rewrites() => {
+            client_header(ctx, status, Some(header), None, Length::Rewritten)?
         }
-        _ => client_header(ctx, status, Some(header), None, None)?,
+        _ => client_header(ctx, status, Some(header), None, Length::Upstream)?,
     };
     if session
         .write_response_header(Box::new(resp), false)
@@ -571,7 +593,7 @@ async fn relay_whole(
         status,
         None,
         Some("application/json"),
-        Some(bytes.len()),
+        Length::Exactly(bytes.len()),
     )?;
     session
         .write_response_header(Box::new(resp), false)

@@ -2,7 +2,7 @@
 //! estimate at once, faster ones blend in with a weight that depends on the time since the
 //! last update, and an idle estimate decays toward zero so a recovered endpoint gets probed.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub struct PeakEwma {
@@ -41,7 +41,11 @@ impl PeakEwma {
 
     pub fn observe_at(&self, sample: Duration, now: Instant) {
         let sample = sample.as_secs_f64();
-        let mut state = self.state.lock().expect("ewma lock");
+        let mut state = self
+            .state
+            .lock()
+            // A panic elsewhere must not become one on every request: the state is whole.
+            .unwrap_or_else(PoisonError::into_inner);
         let elapsed = now.saturating_duration_since(state.stamp);
         state.value = Some(match state.value {
             Some(current) if sample <= current => {
@@ -56,7 +60,7 @@ impl PeakEwma {
     /// The estimate decayed to `now` (an idle endpoint drifts toward zero), or `None` with no
     /// history yet.
     pub fn estimate_at(&self, now: Instant) -> Option<f64> {
-        let state = self.state.lock().expect("ewma lock");
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let elapsed = now.saturating_duration_since(state.stamp);
         state.value.map(|v| v * self.weight(elapsed))
     }

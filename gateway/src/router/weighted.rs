@@ -1,7 +1,7 @@
 //! Smooth weighted round-robin (nginx's): over any run of requests each target's share matches
 //! its weight, and picks interleave instead of coming in bursts.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 pub struct SmoothWeighted {
     weights: Vec<i64>,
@@ -19,7 +19,11 @@ impl SmoothWeighted {
 
     /// Picks among the indices `eligible` allows; `None` when it allows none.
     pub fn pick(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
-        let mut current = self.current.lock().expect("weights lock");
+        let mut current = self
+            .current
+            .lock()
+            // A panic elsewhere must not become one on every request: the state is whole.
+            .unwrap_or_else(PoisonError::into_inner);
         let mut total = 0;
         let mut best: Option<usize> = None;
         for i in (0..self.weights.len()).filter(|&i| eligible(i)) {
