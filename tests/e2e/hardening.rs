@@ -605,3 +605,59 @@ async fn a_malformed_chunked_request_body_is_answered_400() {
     assert!(mock.requests().await.is_empty());
     assert_eq!(gw.chat("m", false).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_describes_the_upstream_stays_with_the_gateway() {
+    let body = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+    let upstream = Scripted::start(vec![send(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         openai-organization: org-secret-acme\r\nopenai-project: proj_secret\r\n\
+         anthropic-organization-id: 0000-secret\r\nset-cookie: __cf_bm=secret\r\n\
+         x-backend-host: gpu-17.internal.acme\r\nserver: internal-proxy\r\n\r\n{body}",
+        body.len()
+    ))]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}  - {{ name: lost, kind: openai, base_url: \"http://no-such-host.internal.invalid:9\", api_key: k }}\n\
+         models:\n  - {{ name: m, targets: [{{ provider: up, model: gpt-4o }}] }}\n\
+         \x20 - {{ name: lost, targets: [{{ provider: lost, model: gpt-4o }}] }}\n",
+        provider("up", &upstream.url()),
+    ))
+    .await;
+    let r = gw.chat("m", false).await;
+    assert_eq!(r.status(), 200);
+    for (name, value) in r.headers() {
+        let value = value.to_str().unwrap_or("");
+        assert!(
+            !value.contains("secret") && !value.contains("internal"),
+            "{name}: {value}"
+        );
+    }
+    assert_eq!(r.text().await.unwrap(), body);
+
+    // An endpoint whose name does not resolve: the client learns that, not the name.
+    let r = gw.chat("lost", false).await;
+    let e = expect_error(r, 502, Some("upstream_failed")).await;
+    assert!(!e.to_string().contains("no-such-host"), "{e}");
+
+    // Chat without messages never reaches an upstream.
+    for messages in [json!([]), json!("hello"), Value::Null] {
+        let r = reqwest::Client::new()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": messages}))
+            .send()
+            .await
+            .unwrap();
+        let e = expect_error(r, 400, None).await;
+        assert_eq!(e["param"], "messages", "{e}");
+    }
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/messages"))
+        .json(&json!({"model": "m", "max_tokens": 5, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error", "Anthropic's shape: {v}");
+    assert_eq!(upstream.requests(), 1);
+}

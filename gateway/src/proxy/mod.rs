@@ -247,8 +247,7 @@ impl ProxyHttp for Gateway {
             _ => 500,
         };
         if code > 0 && session.response_written().is_none() {
-            let body = GatewayError::Internal { status: code }.body();
-            let _ = respond::json(session, ctx, code, body).await;
+            let _ = respond::error(session, ctx, &GatewayError::Internal { status: code }).await;
         }
         FailToProxy {
             error_code: code,
@@ -321,6 +320,12 @@ impl Gateway {
         let mut head = ctx
             .stages
             .time(Stage::Parse, || RequestHead::parse(&body))?;
+        if matches!(op, Operation::ChatCompletions | Operation::Messages) && !head.has_messages {
+            return Err(GatewayError::BadRequest {
+                message: "`messages` must be a non-empty array.".into(),
+                param: Some("messages"),
+            });
+        }
         let Some(model) = rt.model(&head.model) else {
             ctx.unknown_model = true;
             return Err(GatewayError::ModelNotFound(head.model.clone()));

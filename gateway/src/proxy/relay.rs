@@ -24,24 +24,18 @@ use pingora::proxy::Session;
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Upstream headers that describe the upstream connection or account, not the response.
+/// Upstream headers a client may see: those that describe the response itself. Everything
+/// else describes the upstream's connection, servers or account (`openai-organization`,
+/// `anthropic-organization-id`, cookies, internal hosts) and stays with the gateway.
 fn forwardable(name: &HeaderName) -> bool {
-    !matches!(
+    matches!(
         *name,
-        header::CONNECTION
-            | header::TRANSFER_ENCODING
-            | header::TE
-            | header::TRAILER
-            | header::UPGRADE
-            | header::PROXY_AUTHENTICATE
-            | header::SERVER
-            | header::DATE
-            | header::SET_COOKIE
-    ) && name.as_str() != "keep-alive"
-        && name.as_str() != "x-request-id"
-        && !name.as_str().starts_with("x-ratelimit-")
-        && !name.as_str().starts_with("anthropic-ratelimit-")
-        && !name.as_str().starts_with("x-tollgate-")
+        header::CONTENT_TYPE
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CACHE_CONTROL
+            | header::RETRY_AFTER
+    ) || name.as_str() == "retry-after-ms"
 }
 
 /// How long the relay may wait on the upstream.

@@ -26,6 +26,8 @@ pub struct RequestHead {
     pub max_output: Option<u64>,
     /// How many choices it asks for (`n`, 1 by default).
     pub choices: u64,
+    /// `messages` is a non-empty array, as chat and Messages requests need.
+    pub has_messages: bool,
 }
 
 /// The most choices one request may ask for, as OpenAI allows.
@@ -51,6 +53,8 @@ struct Fields<'a> {
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     n: Option<u64>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +120,10 @@ impl RequestHead {
             stream_options_span: fields.stream_options.map(|raw| span_in(body, raw)),
             max_output: fields.max_completion_tokens.or(fields.max_tokens),
             choices,
+            has_messages: fields.messages.is_some_and(|raw| {
+                let text = raw.get();
+                text.starts_with('[') && !text[1..].trim_start().starts_with(']')
+            }),
         })
     }
 
@@ -227,6 +235,26 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn knows_whether_there_are_messages() {
+        for (body, has) in [
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+                true,
+            ),
+            (r#"{"model":"m","messages":[ ]}"#, false),
+            (r#"{"model":"m","messages":"hi"}"#, false),
+            (r#"{"model":"m","messages":null}"#, false),
+            (r#"{"model":"m","prompt":"hi"}"#, false),
+        ] {
+            assert_eq!(
+                RequestHead::parse(body.as_bytes()).unwrap().has_messages,
+                has,
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -134,7 +134,8 @@ pub async fn send(
     let started = Instant::now();
     let peer = endpoint
         .peer()
-        .ok_or_else(|| Failure::Connect(format!("{} did not resolve", endpoint.host)))?;
+        // The host name stays in the logs: a client's error names no internal host.
+        .ok_or_else(|| Failure::Connect("the endpoint's address did not resolve".into()))?;
     let req = providers::request_header(
         provider,
         endpoint,
