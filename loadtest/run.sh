@@ -36,31 +36,29 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Starts a mock provider; prints its address once it listens.
+# Starts a mock provider and sets `addr` once it listens. Not run in $(...): the PID must be
+# recorded in this shell, or cleanup would kill nothing.
 mock() {
   local name=$1
   shift
   "$tollgate" mock --listen 127.0.0.1:0 --no-record "$@" >"$dir/$name.log" 2>&1 &
   pids+=($!)
+  addr=
   for _ in $(seq 100); do
-    local addr
     addr=$(sed -n 's/^listening on //p' "$dir/$name.log")
-    if [ -n "$addr" ]; then
-      echo "$addr"
-      return
-    fi
+    [ -n "$addr" ] && return
     sleep 0.05
   done
   echo "mock $name did not start: $(cat "$dir/$name.log")" >&2
   exit 1
 }
 
-fast=$(mock fast --latency-ms 5 --completion-tokens 16)
-stream=$(mock stream --kind vllm --tokens-per-sec 50 --completion-tokens 16)
-claude=$(mock claude --kind anthropic --tokens-per-sec 50 --completion-tokens 16)
-flaky=$(mock flaky --error-rate 0.3 --error-status 503 --retry-after 1)
-stall=$(mock stall --latency-ms 3000 --ttft-ms 3000)
-healthy=$(mock healthy --tokens-per-sec 100 --completion-tokens 16)
+mock fast --latency-ms 5 --completion-tokens 16; fast=$addr
+mock stream --kind vllm --tokens-per-sec 50 --completion-tokens 16; stream=$addr
+mock claude --kind anthropic --tokens-per-sec 50 --completion-tokens 16; claude=$addr
+mock flaky --error-rate 0.3 --error-status 503 --retry-after 1; flaky=$addr
+mock stall --latency-ms 3000 --ttft-ms 3000; stall=$addr
+mock healthy --tokens-per-sec 100 --completion-tokens 16; healthy=$addr
 
 listen=127.0.0.1:$(free_port)
 admin=127.0.0.1:$(free_port)

@@ -4,8 +4,26 @@
 use crate::harness::BIN;
 use std::process::Command;
 
+/// Processes whose environment carries `tag`: what a run left behind.
+fn tagged_processes(tag: &str) -> Vec<String> {
+    let needle = format!("TOLLGATE_RUN_TAG={tag}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = entry.path();
+        let Ok(environ) = std::fs::read(path.join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+            let cmdline = std::fs::read(path.join("cmdline")).unwrap_or_default();
+            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    found
+}
+
 fn run(script: &str, extra: &[&str]) {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let tag = format!("{}-{}", std::process::id(), fastrand::u64(..));
     let out = Command::new("bash")
         .current_dir(root)
         .args([
@@ -18,6 +36,7 @@ fn run(script: &str, extra: &[&str]) {
         ])
         .args(extra)
         .env("TOLLGATE_BIN", BIN)
+        .env("TOLLGATE_RUN_TAG", &tag)
         .output()
         .expect("bash runs");
     let text = format!(
@@ -31,6 +50,12 @@ fn run(script: &str, extra: &[&str]) {
     );
     // k6 really ran, with thresholds.
     assert!(text.contains("THRESHOLDS") || text.contains('✓'), "{text}");
+    // Every mock, the gateway and the config writer went with the script.
+    let left = tagged_processes(&tag);
+    assert!(
+        left.is_empty(),
+        "{script} left processes running: {left:#?}"
+    );
 }
 
 #[test]
