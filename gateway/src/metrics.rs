@@ -21,6 +21,8 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub fallbacks: IntCounterVec,
+    /// Requests routed while too many endpoints were ejected (ejected ones in use).
+    pub panic_routes: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub in_flight: IntGauge,
     pub ejections: IntCounterVec,
@@ -89,6 +91,14 @@ impl Metrics {
                 "Moves from a failed target to the next one.",
             ),
             &["model", "from", "to"],
+        )
+        .expect("valid metric");
+        let panic_routes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_panic_routes_total",
+                "Requests routed to ejected endpoints too, because too few were left.",
+            ),
+            &["model"],
         )
         .expect("valid metric");
         let config_reloads = IntCounterVec::new(
@@ -229,6 +239,7 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(fallbacks.clone()),
+            Box::new(panic_routes.clone()),
             Box::new(config_reloads.clone()),
             Box::new(in_flight.clone()),
             Box::new(ejections.clone()),
@@ -256,6 +267,7 @@ impl Metrics {
             request_duration,
             upstream_errors,
             fallbacks,
+            panic_routes,
             config_reloads,
             in_flight,
             ejections,

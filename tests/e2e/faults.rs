@@ -86,3 +86,44 @@ async fn upstream_answers_too_big_to_hold_end_with_a_clear_error_and_bounded_mem
     .await;
     assert!(settled);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_every_endpoint_is_ejected_traffic_goes_to_them_rather_than_503() {
+    let a = Mock::start(&["--error-rate", "1", "--error-status", "500"]);
+    let b = Mock::start(&["--error-rate", "1", "--error-status", "500"]);
+    let outlier = "outlier: { consecutive_failures: 1, ejection: 60s }";
+    let gw = Gateway::start(&format!(
+        "providers:\n  - {{ name: a, kind: openai, base_url: \"{}\", {outlier} }}\n\
+         \x20 - {{ name: b, kind: openai, base_url: \"{}\", {outlier} }}\n\
+         models:\n  - name: m\n    retry: {{ attempts: 2, on: [5xx] }}\n    targets: [{{ provider: a, model: x }}, {{ provider: b, model: x }}]\n\
+         \x20 - name: strict\n    panic_threshold: 0\n    targets: [{{ provider: a, model: x }}, {{ provider: b, model: x }}]\n",
+        a.url(),
+        b.url(),
+    ))
+    .await;
+    // One failure each ejects both for a minute.
+    let r = gw.chat("m", false).await;
+    expect_error(r, 502, Some("upstream_failed")).await;
+    for mock in [&a, &b] {
+        mock.configure(serde_json::json!({"error_rate": 0.0})).await;
+    }
+    // Panic routing off: the whole ejection is a 503.
+    let r = gw.chat("strict", false).await;
+    expect_error(r, 503, Some("no_eligible_target")).await;
+    // On (the default, half): the ejected endpoints take traffic again.
+    let r = gw.chat("m", false).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["x-tollgate-route"]
+            .to_str()
+            .unwrap()
+            .contains("panic"),
+        "{:?}",
+        r.headers()
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "tollgate_panic_routes_total", &["model=\"m\""]),
+        1.0
+    );
+}

@@ -274,6 +274,9 @@ pub struct ModelSection {
     pub rules: Vec<RuleSection>,
     /// Weights and thresholds of `strategy: gpu-aware`.
     pub scoring: Option<ScoringSection>,
+    /// Below this fraction of its healthy endpoints not ejected, the model routes to ejected
+    /// ones too (Envoy's panic threshold); 0 turns it off.
+    pub panic_threshold: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -36,6 +36,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Envoy's default panic threshold: half the healthy endpoints ejected.
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 0.5;
 /// A client that takes longer than this to read one write has stopped reading.
 pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -108,6 +110,9 @@ pub struct Model {
     /// Rotation state for `strategy: weighted`.
     pub weights: SmoothWeighted,
     pub retry: RetryPolicy,
+    /// Below this fraction of the model's healthy endpoints not ejected, ejected endpoints
+    /// take traffic again rather than leave the survivors a flood or the client a 503.
+    pub panic_threshold: f64,
 }
 
 pub struct Target {
@@ -1304,6 +1309,13 @@ fn build_model(
             scoring
         }
     };
+    let panic_threshold = s.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD);
+    if !(0.0..=1.0).contains(&panic_threshold) {
+        return Err(cx.err(
+            format!("{path}.panic_threshold"),
+            "must be a fraction from 0 to 1 (0 turns panic routing off)",
+        ));
+    }
     Ok(Model {
         name: s.name,
         strategy,
@@ -1314,6 +1326,7 @@ fn build_model(
         weights: SmoothWeighted::new(targets.iter().map(|t| t.weight).collect()),
         targets,
         retry,
+        panic_threshold,
     })
 }
 

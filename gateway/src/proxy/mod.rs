@@ -366,6 +366,13 @@ impl Gateway {
         ctx.route = admitted.route;
         ctx.truncated = admitted.truncated;
         let mut planner = admitted.planner;
+        if planner.in_panic() {
+            ctx.route = format!("{} (panic: ejected endpoints in use)", ctx.route).into();
+            self.metrics
+                .panic_routes
+                .with_label_values(&[&model.name])
+                .inc();
+        }
         let chat = OnceLock::new();
         let exchange = Exchange {
             model,

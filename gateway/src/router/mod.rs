@@ -89,6 +89,8 @@ pub struct Planner<'m> {
     tried: Vec<Arc<Endpoint>>,
     /// The prompt's leading block hashes, for prefix affinity (`gpu-aware` only).
     prefix: Vec<u64>,
+    /// Too few endpoints are left after passive ejections: ejected ones take traffic too.
+    panic: bool,
 }
 
 /// How endpoints compare.
@@ -130,13 +132,20 @@ impl<'m> Planner<'m> {
     pub fn admitted(model: &'m Model, allowed: Vec<bool>, mut preference: Vec<f64>) -> Planner<'m> {
         // Without a ranking every target is as good as the next (config order decides).
         preference.resize(model.targets.len(), 0.0);
+        let panic = in_panic(model, &allowed, Instant::now());
         Planner {
             model,
             allowed,
             preference,
             tried: Vec::new(),
             prefix: Vec::new(),
+            panic,
         }
+    }
+
+    /// Ejected endpoints are in use: too few were left.
+    pub fn in_panic(&self) -> bool {
+        self.panic
     }
 
     /// Prefix affinity for `gpu-aware`: the prompt's leading block hashes.
@@ -146,8 +155,13 @@ impl<'m> Planner<'m> {
     }
 
     fn usable(&self, endpoint: &Arc<Endpoint>, now: Instant) -> bool {
-        endpoint.state.availability(now).is_ok()
-            && !self.tried.iter().any(|t| Arc::ptr_eq(t, endpoint))
+        let available = match endpoint.state.availability(now) {
+            Ok(()) => true,
+            // Health checks and a server's own retry-after still exclude.
+            Err(Unavailable::Ejected) => self.panic,
+            Err(_) => false,
+        };
+        available && !self.tried.iter().any(|t| Arc::ptr_eq(t, endpoint))
     }
 
     fn eligible(&self, index: usize, now: Instant) -> bool {
@@ -305,6 +319,25 @@ impl<'m> Planner<'m> {
     }
 }
 
+/// Envoy's panic rule over the model's admitted targets (its priority levels): fewer than
+/// `panic_threshold` of the healthy endpoints are free of passive ejection.
+fn in_panic(model: &Model, allowed: &[bool], now: Instant) -> bool {
+    let (mut healthy, mut available) = (0usize, 0usize);
+    for (target, _) in model.targets.iter().zip(allowed).filter(|(_, &a)| a) {
+        for endpoint in target.provider.pool.endpoints().iter() {
+            match endpoint.state.availability(now) {
+                Err(Unavailable::Unhealthy) => {}
+                Err(Unavailable::Ejected) => healthy += 1,
+                Ok(()) | Err(Unavailable::CoolingDown) => {
+                    healthy += 1;
+                    available += 1;
+                }
+            }
+        }
+    }
+    healthy > 0 && (available as f64) < model.panic_threshold * healthy as f64
+}
+
 /// Output tokens assumed when a request does not cap them, for cost estimates.
 const DEFAULT_OUTPUT_ESTIMATE: u64 = 256;
 
@@ -346,6 +379,7 @@ fn two_choices(n: usize) -> Option<(usize, Option<usize>)> {
 mod tests {
     use super::*;
     use crate::config::Runtime;
+    use crate::upstream::state::OutlierPolicy;
     use std::path::Path;
     use std::time::Duration;
 
@@ -417,6 +451,47 @@ mod tests {
             planner.unavailable_summary(now),
             "1 unhealthy, 0 ejected after failures, 1 cooling down after 429/503"
         );
+    }
+
+    #[test]
+    fn too_many_ejections_put_ejected_endpoints_back_in_use() {
+        // p0 has three endpoints, p1 one: four healthy in all.
+        let rt = runtime("fallback", 2, 3, &[]);
+        let now = Instant::now();
+        let eject = |p: usize, e: usize| {
+            let policy = OutlierPolicy {
+                consecutive_failures: 1,
+                ..OutlierPolicy::default()
+            };
+            rt.providers[p].pool.endpoints()[e]
+                .state
+                .record_failure(now, &policy);
+        };
+        let model = rt.model("m").unwrap();
+        eject(0, 0);
+        eject(0, 1);
+        // Two of four left: not below half.
+        let planner = Planner::new(model);
+        assert!(!planner.in_panic());
+        assert_eq!(first_pick(&rt, now).unwrap().0, "p0");
+        eject(0, 2);
+        eject(1, 0);
+        // None left: every ejected endpoint is back, in the strategy's order.
+        let mut planner = Planner::new(model);
+        assert!(planner.in_panic());
+        let order: Vec<String> = std::iter::from_fn(|| planner.next(now))
+            .map(|p| p.target.provider.name.clone())
+            .collect();
+        assert_eq!(order, ["p0", "p0", "p0", "p1"]);
+        // A failed health check still excludes.
+        rt.providers[1].pool.endpoints()[0]
+            .state
+            .record_check(false, 1, 1);
+        let mut planner = Planner::new(model);
+        let order: Vec<String> = std::iter::from_fn(|| planner.next(now))
+            .map(|p| p.target.provider.name.clone())
+            .collect();
+        assert_eq!(order, ["p0", "p0", "p0"]);
     }
 
     #[test]
