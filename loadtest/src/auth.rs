@@ -33,7 +33,7 @@ pub(crate) fn authorize(cfg: &MockConfig, parts: &Parts, azure: bool) -> Result<
 fn presented_keys(kind: MockKind, parts: &Parts, azure: bool) -> [Option<&str>; 2] {
     let headers = &parts.headers;
     match kind {
-        MockKind::Openai | MockKind::Vllm => [
+        MockKind::Openai | MockKind::Vllm | MockKind::Ollama => [
             bearer(headers),
             header(headers, "api-key").filter(|_| azure),
         ],
@@ -59,12 +59,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// meet in production (Gemini does not use 401 for API keys).
 fn denial(kind: MockKind, missing: bool) -> Denied {
     let (status, message) = match (kind, missing) {
-        (MockKind::Openai | MockKind::Vllm, true) => (
+        (MockKind::Openai | MockKind::Vllm | MockKind::Ollama, true) => (
             StatusCode::UNAUTHORIZED,
             "You didn't provide an API key. You need to provide your API key \
              in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
         ),
-        (MockKind::Openai | MockKind::Vllm, false) => {
+        (MockKind::Openai | MockKind::Vllm | MockKind::Ollama, false) => {
             (StatusCode::UNAUTHORIZED, "Incorrect API key provided.")
         }
         (MockKind::Anthropic, true) => (StatusCode::UNAUTHORIZED, "x-api-key header is required"),

@@ -92,6 +92,10 @@ pub struct MockArgs {
     #[arg(long, requires = "gpu_slots", default_value_t = GpuSim::DEFAULT.prefix_block_tokens,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub gpu_prefix_block_tokens: u32,
+    /// LoRA adapters the vLLM metrics report as loaded, comma-separated
+    /// (`vllm:lora_requests_info`).
+    #[arg(long, value_delimiter = ',')]
+    pub lora_adapters: Vec<String>,
     /// Do not record requests for GET /mock/requests.
     #[arg(long)]
     pub no_record: bool,
@@ -133,6 +137,7 @@ impl MockArgs {
             }),
             record: !self.no_record,
             stamp_chunks: self.stamp_chunks,
+            lora_adapters: self.lora_adapters,
         }
     }
 }

@@ -21,16 +21,19 @@ pub enum MockKind {
     Gemini,
     /// NVIDIA Triton's KServe v2 generate extension, health and metrics.
     Triton,
+    /// An Ollama server: its OpenAI-compatible API plus `GET /api/version`.
+    Ollama,
 }
 
 impl MockKind {
     /// Every kind, in declaration order.
-    pub const ALL: [MockKind; 5] = [
+    pub const ALL: [MockKind; 6] = [
         MockKind::Openai,
         MockKind::Vllm,
         MockKind::Anthropic,
         MockKind::Gemini,
         MockKind::Triton,
+        MockKind::Ollama,
     ];
 
     /// The lowercase name used on the command line and in configs.
@@ -41,6 +44,7 @@ impl MockKind {
             MockKind::Anthropic => "anthropic",
             MockKind::Gemini => "gemini",
             MockKind::Triton => "triton",
+            MockKind::Ollama => "ollama",
         }
     }
 }
@@ -126,6 +130,8 @@ pub struct MockConfig {
     pub gpu: Option<GpuSim>,
     /// Keep the last requests for `GET /mock/requests`.
     pub record: bool,
+    /// LoRA adapters vLLM metrics report as loaded (`vllm:lora_requests_info`).
+    pub lora_adapters: Vec<String>,
     /// Stamp each OpenAI chat chunk with `"mock_sent_us"`, the Unix time in
     /// microseconds it was rendered, so a client on the same host can measure how long
     /// each chunk spent in transit (and what a proxy on the way adds).
@@ -153,6 +159,7 @@ impl Default for MockConfig {
             gpu: None,
             record: true,
             stamp_chunks: false,
+            lora_adapters: Vec::new(),
         }
     }
 }
@@ -234,7 +241,7 @@ mod tests {
         assert!("tgi".parse::<MockKind>().is_err());
         assert!(UnknownKind("x".into())
             .to_string()
-            .ends_with("openai, vllm, anthropic, gemini, triton)"));
+            .ends_with("openai, vllm, anthropic, gemini, triton, ollama)"));
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub(crate) struct ConfigPatch {
     kv_cache_usage: Option<Option<f64>>,
     /// Replaces the whole simulation; `Some(None)` (JSON null) switches it off.
     gpu: Option<Option<GpuSim>>,
+    lora_adapters: Option<Vec<String>>,
 }
 
 /// Why a patch was rejected, and the field at fault when there is one.
@@ -89,6 +90,7 @@ impl ConfigPatch {
                     patch.kv_cache_usage = Some(nullable(name, value, check_kv_cache_usage)?);
                 }
                 "gpu" => patch.gpu = Some(nullable(name, value, GpuSim::check)?),
+                "lora_adapters" => patch.lora_adapters = Some(typed(name, value)?),
                 _ => {
                     return Err(PatchError::field(
                         name,
@@ -125,6 +127,9 @@ impl ConfigPatch {
         );
         set(&mut next.kv_cache_usage, self.kv_cache_usage);
         set(&mut next.gpu, self.gpu);
+        if let Some(adapters) = &self.lora_adapters {
+            next.lora_adapters = adapters.clone();
+        }
         next
     }
 }
@@ -173,6 +178,7 @@ fn behaviour(cfg: &MockConfig) -> Value {
         "error_event_after_chunks": cfg.error_event_after_chunks,
         "kv_cache_usage": cfg.kv_cache_usage,
         "gpu": cfg.gpu,
+        "lora_adapters": cfg.lora_adapters,
     })
 }
 
@@ -209,7 +215,7 @@ mod tests {
                 "error_rate": 1, "error_status": 503, "retry_after_secs": 9,
                 "healthy": false, "waiting": 4, "stamp_chunks": true, "drop_after_chunks": 2,
                 "error_event_after_chunks": 7, "kv_cache_usage": 0.5,
-                "gpu": {"slots": 3, "decode_ms": 1.5}}"#,
+                "gpu": {"slots": 3, "decode_ms": 1.5}, "lora_adapters": ["sql"]}"#,
         )
         .unwrap();
         assert_eq!(
@@ -233,6 +239,7 @@ mod tests {
                     decode_ms: 1.5,
                     ..GpuSim::DEFAULT
                 })),
+                lora_adapters: Some(vec!["sql".into()]),
             }
         );
         assert_eq!(parse("{}").unwrap(), ConfigPatch::default());

@@ -65,7 +65,7 @@ pub(crate) fn invalid_param(message: &str, param: Option<&str>) -> MockResponse 
 /// An error answer in the wire shape of `kind`.
 pub(crate) fn for_kind(kind: MockKind, status: StatusCode, message: &str) -> MockResponse {
     match kind {
-        MockKind::Openai | MockKind::Vllm => {
+        MockKind::Openai | MockKind::Vllm | MockKind::Ollama => {
             let code = match status {
                 StatusCode::UNAUTHORIZED => Some("invalid_api_key"),
                 StatusCode::TOO_MANY_REQUESTS => Some("rate_limit_exceeded"),

@@ -62,6 +62,10 @@ impl Endpoint {
                 MockKind::Anthropic => anthropic::route(path),
                 MockKind::Gemini => gemini::route(path),
                 MockKind::Triton => triton::route(path),
+                MockKind::Ollama => match path {
+                    "/api/version" => Some(Endpoint::Health),
+                    _ => openai::route(path),
+                },
             },
         };
         found.unwrap_or(Endpoint::Unknown)

@@ -76,11 +76,33 @@ pub(crate) fn metrics(shared: &Shared, cfg: &MockConfig) -> MockResponse {
             load.prefix.hits,
         ),
     ];
+    let mut page = render(cfg.first_model(), &series);
+    if !cfg.lora_adapters.is_empty() {
+        page += &lora_info(&cfg.lora_adapters, unix_seconds());
+    }
     full(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        render(cfg.first_model(), &series).into_bytes(),
+        page.into_bytes(),
     )
+}
+
+/// vLLM's `lora_requests_info`: one gauge whose labels name the adapters and whose value is
+/// the time they were last reported.
+fn lora_info(adapters: &[String], now: f64) -> String {
+    format!(
+        "# HELP vllm:lora_requests_info Running stats on lora requests.\n\
+         # TYPE vllm:lora_requests_info gauge\n\
+         vllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"\"}} {now:?}\n",
+        adapters.len().max(1),
+        escape_label(&adapters.join(",")),
+    )
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn render(model: &str, series: &[Series]) -> String {
@@ -116,6 +138,16 @@ pub(crate) fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lora_adapters_as_vllm_reports_them() {
+        assert_eq!(
+            lora_info(&["sql".into(), "chat".into()], 1.5),
+            "# HELP vllm:lora_requests_info Running stats on lora requests.\n\
+             # TYPE vllm:lora_requests_info gauge\n\
+             vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"sql,chat\",waiting_lora_adapters=\"\"} 1.5\n"
+        );
+    }
 
     #[test]
     fn renders_gauges_and_counters() {

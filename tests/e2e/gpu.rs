@@ -201,3 +201,33 @@ async fn a_replica_whose_metrics_cannot_be_read_never_looks_idle() {
     let counts = spread(&gw, &[&reporting, &silent], 40, |_| chat_body("m", false)).await;
     assert!(counts[1] <= 30 && counts[0] >= 10, "{counts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lora_adapter_draws_its_requests_to_the_replica_that_has_it_loaded() {
+    let with = Mock::start(&["--kind", "vllm", "--lora-adapters", "sql-lora,chat-lora"]);
+    let without = Mock::start(&["--kind", "vllm"]);
+    let gw = gateway("vllm", &[&with, &without], "sql-lora").await;
+    let view = scraped(&gw, 2).await;
+    assert_eq!(
+        endpoint_load(&view, &with)["lora_adapters"],
+        json!(["sql-lora", "chat-lora"]),
+        "{view}"
+    );
+    let counts = spread(&gw, &[&with, &without], 20, |_| chat_body("m", false)).await;
+    assert_eq!(counts, [20, 0]);
+
+    // The adapter moves: so does the traffic, once the gateway has scraped again.
+    with.configure(json!({"lora_adapters": []})).await;
+    without
+        .configure(json!({"lora_adapters": ["sql-lora"]}))
+        .await;
+    let moved = eventually(Duration::from_secs(3), || async {
+        let view = providers(&gw).await;
+        endpoint_load(&view, &without)["lora_adapters"] == json!(["sql-lora"])
+            && endpoint_load(&view, &with)["lora_adapters"] == json!([])
+    })
+    .await;
+    assert!(moved, "{}", providers(&gw).await);
+    let counts = spread(&gw, &[&with, &without], 20, |_| chat_body("m", false)).await;
+    assert_eq!(counts, [0, 20]);
+}

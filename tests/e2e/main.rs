@@ -15,6 +15,7 @@ mod k6;
 mod ledger;
 mod limits;
 mod metering;
+mod providers;
 mod relay;
 mod reload;
 mod routing;

@@ -27,7 +27,8 @@ async fn reads_and_patches_the_config() {
         json!({"latency_ms": 0, "ttft_ms": 0, "tokens_per_sec": 0.0, "completion_tokens": 16,
                "error_rate": 0.0, "error_status": 500, "retry_after_secs": 3,
                "healthy": true, "waiting": 0, "stamp_chunks": false, "drop_after_chunks": null,
-               "error_event_after_chunks": null, "kv_cache_usage": null, "gpu": null})
+               "error_event_after_chunks": null, "kv_cache_usage": null, "gpu": null,
+               "lora_adapters": []})
     );
 
     let reply = patch(
