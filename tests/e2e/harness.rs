@@ -286,6 +286,11 @@ impl Gateway {
         text
     }
 
+    /// Everything the gateway has printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.log.with_file_name("stdout.log")).unwrap_or_default()
+    }
+
     /// Replaces the providers/models/keys part of the config file, keeping `server:`.
     pub fn rewrite(&self, body: &str) {
         std::fs::write(&self.config, format!("{}{body}", self.server_section)).unwrap();

@@ -46,6 +46,15 @@ pub fn load(path: &Path, previous: Option<&Runtime>) -> Result<Runtime, ConfigEr
     runtime::build(&file_name, path, file, previous)
 }
 
+/// A deserializer's message without the string values it quotes (`invalid type: string
+/// "…", expected u64`): a value in the wrong place may be a secret.
+fn without_strings(message: &str) -> String {
+    static QUOTED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"string "(?:[^"\\]|\\.)*""#).expect("a valid pattern")
+    });
+    QUOTED.replace_all(message, "a string").into_owned()
+}
+
 /// Parses config text into the file model, expanding `${VAR}` references through `lookup`.
 pub fn parse(
     file_name: &str,
@@ -72,6 +81,9 @@ pub fn parse(
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        located(path, expansions.redact(&e.into_inner().to_string()))
+        located(
+            path,
+            without_strings(&expansions.redact(&e.into_inner().to_string())),
+        )
     })
 }

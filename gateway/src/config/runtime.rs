@@ -1618,4 +1618,18 @@ models:
             assert!(err.message.contains("empty"), "{err}");
         }
     }
+
+    #[test]
+    fn errors_never_quote_a_misplaced_value() {
+        for text in [
+            "server:\n  threads: \"sk-live-0123456789\"\n".to_string(),
+            "server:\n  shutdown_grace: sk-live-0123456789\n".to_string(),
+            "server:\n  max_body_bytes: 12sk-live-0123456789\n".to_string(),
+            format!("{BASE}keys:\n  - {{ id: k, key: [\"sk-live-0123456789\"] }}\n"),
+        ] {
+            let err = build_err(&text);
+            assert!(!err.to_string().contains("0123456789"), "{err}");
+            assert!(!err.path.is_empty(), "the key is named: {err}");
+        }
+    }
 }

@@ -1,4 +1,5 @@
 //! Human units in config files: durations ("250ms", "2s", "10m") and byte sizes ("8MiB").
+//! Errors say what was expected, never what was found: a misplaced value may be a secret.
 
 use serde::de::{self, Deserializer, Visitor};
 use std::fmt;
@@ -13,7 +14,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("invalid duration {text:?} (expected e.g. 250ms, 2s, 10m)"))?;
+        .map_err(|_| "invalid duration (expected e.g. 250ms, 2s, 10m)".to_string())?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
@@ -21,12 +22,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         other => {
             return Err(format!(
-                "invalid duration unit {other:?} in {text:?} (expected ms, s, m or h)"
+                "invalid duration unit {:?} (expected ms, s, m or h)",
+                other.chars().take(4).collect::<String>()
             ))
         }
     };
     if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("invalid duration {text:?}"));
+        return Err("invalid duration (expected a finite, positive time)".into());
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -40,7 +42,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("invalid size {text:?} (expected e.g. 8MiB, 512KiB)"))?;
+        .map_err(|_| "invalid size (expected e.g. 8MiB, 512KiB)".to_string())?;
     let factor: f64 = match unit.trim() {
         "" | "B" => 1.0,
         "KiB" => 1024.0,
@@ -51,13 +53,14 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "GB" => 1e9,
         other => {
             return Err(format!(
-                "invalid size unit {other:?} in {text:?} (expected B, KiB, MiB, GiB, KB, MB or GB)"
+                "invalid size unit {:?} (expected B, KiB, MiB, GiB, KB, MB or GB)",
+                other.chars().take(4).collect::<String>()
             ))
         }
     };
     let bytes = value * factor;
     if !bytes.is_finite() || bytes < 0.0 {
-        return Err(format!("invalid size {text:?}"));
+        return Err("invalid size (expected a finite, positive amount)".into());
     }
     Ok(bytes as u64)
 }
