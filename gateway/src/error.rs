@@ -28,6 +28,8 @@ pub enum GatewayError {
     BodyTooLarge { limit: u64 },
     /// 408: the client sent its request body too slowly.
     RequestTimeout,
+    /// 431: the request's headers are larger than the gateway reads.
+    HeadersTooLarge { limit: usize },
     /// 502: every attempt failed.
     UpstreamFailed(String),
     /// 504: every attempt failed, the last by timing out.
@@ -60,6 +62,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::RequestTimeout => 408,
+            GatewayError::HeadersTooLarge { .. } => 431,
             GatewayError::UpstreamFailed(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::NoEligibleTarget { .. } | GatewayError::ShuttingDown => 503,
@@ -125,6 +128,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::HeadersTooLarge { .. } => "request_header_fields_too_large",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::NoEligibleTarget { .. } => "no_eligible_target",
@@ -169,7 +173,7 @@ impl GatewayError {
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
-            413 => "request_too_large",
+            413 | 431 => "request_too_large",
             429 => "rate_limit_error",
             503 => "overloaded_error",
             _ => "api_error",
@@ -209,11 +213,15 @@ impl fmt::Display for GatewayError {
                 "Missing API key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
             ),
             GatewayError::InvalidKey => f.write_str("Invalid API key."),
-            GatewayError::ModelNotAllowed(m) => {
-                write!(f, "This key is not allowed to use the model `{m}`.")
+            GatewayError::ModelNotAllowed(m) => write!(
+                f,
+                "This key is not allowed to use the model `{}`.",
+                shortened(m)
+            ),
+            GatewayError::ModelNotFound(m) => {
+                write!(f, "The model `{}` does not exist.", shortened(m))
             }
-            GatewayError::ModelNotFound(m) => write!(f, "The model `{m}` does not exist."),
-            GatewayError::UnknownPath(p) => write!(f, "Unknown request URL: {p}."),
+            GatewayError::UnknownPath(p) => write!(f, "Unknown request URL: {}.", shortened(p)),
             GatewayError::MethodNotAllowed { method, path } => {
                 write!(f, "Method {method} is not allowed on {path}.")
             }
@@ -224,6 +232,10 @@ impl fmt::Display for GatewayError {
             GatewayError::RequestTimeout => {
                 f.write_str("The request body did not arrive in time.")
             }
+            GatewayError::HeadersTooLarge { limit } => write!(
+                f,
+                "The request's headers are larger than this gateway accepts ({limit} bytes)."
+            ),
             GatewayError::UpstreamFailed(detail) => {
                 write!(f, "All upstream attempts failed: {detail}")
             }
@@ -256,6 +268,19 @@ impl fmt::Display for GatewayError {
             GatewayError::Refused(refusal) => refusal_message(f, refusal),
         }
     }
+}
+
+/// A client's name, cut short enough to quote in a message.
+fn shortened(name: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 256;
+    if name.len() <= MAX {
+        return name.into();
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end]).into()
 }
 
 fn per_minute(dimension: Dimension) -> &'static str {

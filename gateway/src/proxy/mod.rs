@@ -42,6 +42,9 @@ use upstream_call::{retry_after, Call, Failure};
 /// Chargeback tags longer than this are cut: they land in every ledger row.
 const MAX_TAGS_LEN: usize = 256;
 
+/// The most header bytes (names and values) a request may carry, as Envoy's default.
+const MAX_HEADER_BYTES: usize = 60 * 1024;
+
 /// What stays the same across a request's attempts.
 #[derive(Clone, Copy)]
 struct Exchange<'a> {
@@ -198,10 +201,11 @@ impl ProxyHttp for Gateway {
         ctx.method = req.method.clone();
         ctx.path = req.uri.path().to_string();
         let runtime = self.runtime.load_full();
-        // A client that stops reading must not hold its upstream (and reservations) forever.
-        session
-            .as_downstream_mut()
-            .set_write_timeout(Some(runtime.server.client_write_timeout));
+        // A client that stops reading must not hold its upstream (and reservations) forever,
+        // nor one that stops sending its body a worker's attention.
+        let downstream = session.as_downstream_mut();
+        downstream.set_write_timeout(Some(runtime.server.client_write_timeout));
+        downstream.set_read_timeout(Some(runtime.server.client_body_timeout));
         ctx.runtime = Some(runtime.clone());
         match self.serve(session, ctx, &runtime).await {
             Ok(()) => Ok(true),
@@ -273,12 +277,26 @@ impl Gateway {
         ctx: &mut RequestCtx,
         rt: &Runtime,
     ) -> std::result::Result<(), GatewayError> {
+        let header_bytes: usize = session
+            .req_header()
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            return Err(GatewayError::HeadersTooLarge {
+                limit: MAX_HEADER_BYTES,
+            });
+        }
         let (method, path) = (ctx.method.as_str().to_string(), ctx.path.clone());
         if let Some(op) = Operation::from_path(&path) {
             if method != "POST" {
                 return Err(GatewayError::MethodNotAllowed { method, path });
             }
             ctx.client = ClientFormat::for_op(op);
+            if op == Operation::Messages {
+                check_anthropic_version(session)?;
+            }
             let key = ctx.stages.time(Stage::Auth, || authenticate(session, rt))?;
             if let Some(key) = &key {
                 ctx.key_id = Some(key.id.clone());
@@ -795,6 +813,41 @@ async fn read_body(session: &mut Session, limit: u64) -> std::result::Result<Byt
     Ok(body.freeze())
 }
 
+/// The first version of the Messages API.
+const FIRST_ANTHROPIC_VERSION: &str = "2023-01-01";
+
+/// An Anthropic client's `anthropic-version`, when it sends one, must be a version there can
+/// be: a date (YYYY-MM-DD) from the API's first on. The gateway sends upstream its own.
+fn check_anthropic_version(session: &Session) -> std::result::Result<(), GatewayError> {
+    let Some(value) = session.get_header("anthropic-version") else {
+        return Ok(());
+    };
+    let plausible = value.to_str().is_ok_and(|v| {
+        let v = v.trim();
+        let b = v.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        b.len() == 10
+            && digits(0..4)
+            && b[4] == b'-'
+            && digits(5..7)
+            && b[7] == b'-'
+            && digits(8..10)
+            && ("01"..="12").contains(&&v[5..7])
+            && ("01"..="31").contains(&&v[8..10])
+            && v >= FIRST_ANTHROPIC_VERSION
+    });
+    if plausible {
+        Ok(())
+    } else {
+        Err(GatewayError::BadRequest {
+            message: format!(
+                "anthropic-version must be an API version date, {FIRST_ANTHROPIC_VERSION} or later (e.g. 2023-06-01)."
+            ),
+            param: None,
+        })
+    }
+}
+
 /// Why a request body could not be read: the client's malformed framing or slowness is
 /// answered; a client that left is not.
 fn body_error(e: &Error) -> GatewayError {
@@ -805,6 +858,11 @@ fn body_error(e: &Error) -> GatewayError {
             param: None,
         },
         ErrorType::ReadTimedout => GatewayError::RequestTimeout,
+        // Answered in case the client only half-closed; a client that left never reads it.
+        ErrorType::ConnectionClosed => GatewayError::BadRequest {
+            message: "The request body ended before its declared length.".into(),
+            param: None,
+        },
         _ => GatewayError::ClientGone,
     }
 }

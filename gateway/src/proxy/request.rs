@@ -30,6 +30,49 @@ pub struct RequestHead {
     pub has_messages: bool,
 }
 
+/// Deeper JSON than this is refused before anything parses it: serde_json skips the fields
+/// the gateway ignores without a depth limit, and an upstream or a translation would not.
+const MAX_NESTING: usize = 128;
+
+/// How deep the arrays and objects of `json` nest, reading no further than needed. Strings
+/// are skipped with a SIMD search for their end, so a prompt costs next to nothing.
+fn nesting(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0);
+    while at < json.len() {
+        match json[at] {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > MAX_NESTING {
+                    return deepest;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'"' => {
+                // To the closing quote, past escaped characters.
+                at += 1;
+                loop {
+                    let next = json
+                        .get(at..)
+                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest));
+                    // An unterminated string: nothing after it nests.
+                    let Some(i) = next else {
+                        return deepest;
+                    };
+                    at += i;
+                    if json[at] == b'"' {
+                        break;
+                    }
+                    at += 2;
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    deepest
+}
+
 /// The most choices one request may ask for, as OpenAI allows.
 const MAX_CHOICES: u64 = 128;
 
@@ -75,6 +118,12 @@ impl RequestHead {
         if body.is_empty() {
             return Err(bad(
                 "The request body is empty; expected a JSON object.".into(),
+                None,
+            ));
+        }
+        if nesting(body) > MAX_NESTING {
+            return Err(bad(
+                format!("The request body is nested more than {MAX_NESTING} levels deep."),
                 None,
             ));
         }
@@ -235,6 +284,24 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings_only() {
+        assert_eq!(nesting(br#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting(br#"{"a":"[[[[{{{{\"[[["}"#), 1);
+        assert_eq!(nesting(br#"{"a":"\\","b":[[]]}"#), 3);
+        assert_eq!(nesting(b"[[[[[[[[[["), 10);
+        assert_eq!(nesting(br#"{"unterminated":"\"#), 1);
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        let err = RequestHead::parse(deep.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("nested"), "{err}");
+        let fine = format!(
+            r#"{{"model":"m","x":{}{}}}"#,
+            "[".repeat(127),
+            "]".repeat(127)
+        );
+        assert!(RequestHead::parse(fine.as_bytes()).is_ok());
     }
 
     #[test]
