@@ -8,6 +8,7 @@ pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod health;
+pub mod idle;
 pub mod metering;
 pub mod metrics;
 pub mod periodic;

@@ -6,6 +6,7 @@ use crate::config::Runtime;
 use crate::control::{resolve_endpoints, Control};
 use crate::drain::Drain;
 use crate::health::HealthChecker;
+use crate::idle::IdleDeadline;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::router::Strategy;
@@ -15,7 +16,7 @@ use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
@@ -120,6 +121,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
     let listen = settings.listen.clone();
     let admin_listen = settings.admin_listen;
     let h2c = settings.h2c;
+    let client_idle_timeout = settings.client_idle_timeout;
     let ledger = match &runtime.ledger {
         Some(config) => {
             let ledger = Ledger::open(config.clone()).map_err(|e| format!("cannot start: {e}"))?;
@@ -150,12 +152,14 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         limiter.clone(),
         drain.clone(),
     );
-    let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "tollgate");
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = h2c;
-        app.server_options = Some(options);
-    }
+    let mut app = http_proxy(&server.configuration, gateway);
+    let mut options = HttpServerOptions::default();
+    options.h2c = h2c;
+    app.server_options = Some(options);
+    let mut proxy = Service::new(
+        "tollgate".to_string(),
+        IdleDeadline::new(app, client_idle_timeout, h2c),
+    );
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }

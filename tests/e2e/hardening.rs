@@ -661,3 +661,30 @@ async fn what_describes_the_upstream_stays_with_the_gateway() {
     assert_eq!(v["type"], "error", "Anthropic's shape: {v}");
     assert_eq!(upstream.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_are_closed_not_held_forever() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start_with(
+        &format!(
+            "providers:\n{}models:\n  - {{ name: m, targets: [{{ provider: up, model: gpt-4o }}] }}\n",
+            provider("up", &mock.url())
+        ),
+        "  client_idle_timeout: 1s\n",
+    )
+    .await;
+    // Silent from the start, or fewer bytes than HTTP/2's preface (24) that Pingora waits for.
+    let first: [&[u8]; 3] = [b"", b"GET /", b"GET / HTTP/1.0\r\n\r\n"];
+    for bytes in first {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        assert!(closed.is_ok(), "{bytes:?}: still open after 10 s");
+        assert!(started.elapsed() >= Duration::from_millis(900), "{bytes:?}");
+    }
+    assert_eq!(gw.chat("m", false).await.status(), 200);
+}

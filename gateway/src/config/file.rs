@@ -136,6 +136,9 @@ pub struct ServerSection {
     /// How long the gateway waits for the next piece of a request body.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub client_body_timeout: Option<Duration>,
+    /// How long a new client connection may take to send its first bytes.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub client_idle_timeout: Option<Duration>,
     pub h2c: Option<bool>,
     /// The data plane serves requests without a virtual key on purpose: a reload may then
     /// drop every key.

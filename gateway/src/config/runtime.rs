@@ -42,6 +42,9 @@ pub const DEFAULT_PANIC_THRESHOLD: f64 = 0.5;
 pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that takes longer than this to send the next piece of its body has stalled.
 pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A new connection silent this long is closed: Pingora's own limit for reading a request
+/// head.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(10);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
@@ -91,6 +94,8 @@ pub struct ServerSettings {
     pub client_write_timeout: Duration,
     /// How long the gateway waits for the next piece of a request body (408 after).
     pub client_body_timeout: Duration,
+    /// How long a new connection may take to send its first bytes.
+    pub client_idle_timeout: Duration,
     /// Whether the listeners also take cleartext HTTP/2 from clients that know to send it.
     pub h2c: bool,
     /// The file says the data plane is open (no keys) on purpose.
@@ -386,6 +391,7 @@ impl Runtime {
                 "shutdown_grace": format_duration(s.shutdown_grace),
                 "client_write_timeout": format_duration(s.client_write_timeout),
                 "client_body_timeout": format_duration(s.client_body_timeout),
+                "client_idle_timeout": format_duration(s.client_idle_timeout),
                 "h2c": s.h2c,
                 "open_data_plane": s.open_data_plane,
                 "open_admin": s.open_admin,
@@ -814,6 +820,7 @@ fn build_server(cx: &Ctx, s: ServerSection) -> Result<ServerSettings, ConfigErro
             .client_write_timeout
             .unwrap_or(DEFAULT_CLIENT_WRITE_TIMEOUT),
         client_body_timeout: s.client_body_timeout.unwrap_or(DEFAULT_CLIENT_BODY_TIMEOUT),
+        client_idle_timeout: s.client_idle_timeout.unwrap_or(DEFAULT_CLIENT_IDLE_TIMEOUT),
         h2c: s.h2c.unwrap_or(true),
         open_data_plane: s.open_data_plane.unwrap_or(false),
         open_admin: s.open_admin.unwrap_or(false),
