@@ -127,3 +127,229 @@ async fn when_every_endpoint_is_ejected_traffic_goes_to_them_rather_than_503() {
         1.0
     );
 }
+
+/// How a request through a faulty upstream must end.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    /// Answered by the good target after the faulty one failed.
+    FailedOver,
+    /// A stream that began and was cut: one error event, no `[DONE]`.
+    StreamError,
+    /// Answered by whichever target the routing picked (flapping health).
+    Answered,
+}
+
+fn event(text: &str) -> String {
+    format!(
+        "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_upstream_fault_fails_over_or_ends_clearly_and_is_metered_once() {
+    let good = Mock::start(&["--completion-tokens", "5"]);
+    let refused = dead_port();
+    // Reads the request, then closes without a byte.
+    let reset = Scripted::start(vec![]);
+    let errors = Mock::start(&["--error-rate", "1", "--error-status", "500"]);
+    let throttled = Mock::start(&[
+        "--error-rate",
+        "1",
+        "--error-status",
+        "429",
+        "--retry-after",
+        "1",
+    ]);
+    let silent = Scripted::start(vec![Step::Hang]);
+    // Header lines, one every 100 ms, never the blank line that ends them.
+    let mut endless_head = vec![send(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n",
+    )];
+    for i in 0..100 {
+        endless_head.push(send(format!("x-more-{i}: yes\r\n")));
+        endless_head.push(Step::Sleep(Duration::from_millis(100)));
+    }
+    let endless_head = Scripted::start(endless_head);
+    // A megabyte of headers at once.
+    let huge_head = Scripted::start(vec![send(format!(
+        "HTTP/1.1 200 OK\r\n{}\r\n",
+        (0..1000)
+            .map(|i| format!("x-h{i}: {}\r\n", "v".repeat(1000)))
+            .collect::<String>()
+    ))]);
+    let stall = Scripted::start(vec![
+        send(SSE_HEAD),
+        chunk(event("Hello")),
+        chunk(event(" there")),
+        Step::Hang,
+    ]);
+    let dropper = Mock::start(&["--drop-after-chunks", "3", "--tokens-per-sec", "100"]);
+    // Bytes a few at a time, each well within the idle timeout, for longer than `total`.
+    let mut trickle = vec![send(SSE_HEAD)];
+    for _ in 0..40 {
+        for piece in event("slow ").as_bytes().chunks(8) {
+            trickle.push(chunk(piece));
+            trickle.push(Step::Sleep(Duration::from_millis(30)));
+        }
+    }
+    let trickle = Scripted::start(trickle);
+    let mut endless_line = vec![
+        send(SSE_HEAD),
+        chunk("data: {\"choices\":[{\"delta\":{\"content\":\""),
+    ];
+    endless_line.extend((0..160).map(|_| chunk("a".repeat(64 * 1024))));
+    let endless_line = Scripted::start(endless_line);
+    let flapping = Mock::start(&[]);
+
+    let quick = "timeouts: { first_token: 500ms, idle: 500ms, total: 1500ms }";
+    let faults: Vec<(&str, String, Outcome)> = vec![
+        (
+            "refused",
+            format!("http://127.0.0.1:{refused}"),
+            Outcome::FailedOver,
+        ),
+        ("reset", reset.url(), Outcome::FailedOver),
+        ("errors", errors.url(), Outcome::FailedOver),
+        ("throttled", throttled.url(), Outcome::FailedOver),
+        ("silent", silent.url(), Outcome::FailedOver),
+        ("endless_head", endless_head.url(), Outcome::FailedOver),
+        ("huge_head", huge_head.url(), Outcome::FailedOver),
+        ("stall", stall.url(), Outcome::StreamError),
+        ("dropper", dropper.url(), Outcome::StreamError),
+        ("trickle", trickle.url(), Outcome::StreamError),
+        ("endless_line", endless_line.url(), Outcome::StreamError),
+        ("flapping", flapping.url(), Outcome::Answered),
+    ];
+    let mut providers = provider("good", &good.url());
+    let mut models = String::new();
+    for (name, url, _) in &faults {
+        let health = if *name == "flapping" {
+            ", health_check: { path: /health, every: 100ms, unhealthy_after: 1, healthy_after: 1 }"
+        } else {
+            ""
+        };
+        providers += &format!(
+            "  - {{ name: {name}, kind: openai, base_url: \"{url}\", api_key: k, {quick}{health} }}\n"
+        );
+        models += &format!(
+            "  - name: {name}\n    retry: {{ attempts: 2, on: [connect, timeout, \"429\", 5xx] }}\n    targets: [{{ provider: {name}, model: a }}, {{ provider: good, model: b }}]\n"
+        );
+    }
+    let dir = TempDir::new("faults");
+    let db = dir.0.join("usage.db");
+    let gw = Gateway::start(&format!(
+        "providers:\n{providers}models:\n{models}plugins:\n  ledger: {{ path: \"{}\", flush_every: 10ms }}\n",
+        db.display()
+    ))
+    .await;
+    let rss_before = gw.rss_mib();
+
+    // Flaps every 150 ms, throughout.
+    let flap = tokio::spawn({
+        let url = flapping.url();
+        async move {
+            let client = reqwest::Client::new();
+            for i in 0.. {
+                let _ = client
+                    .post(format!("{url}/mock/config"))
+                    .json(&serde_json::json!({"healthy": i % 2 == 1}))
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    });
+
+    let client = reqwest::Client::new();
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        for (name, _, outcome) in &faults {
+            for stream in [false, true] {
+                // A stream cut after it began cannot fail over: only streams show those.
+                if *outcome == Outcome::StreamError && !stream {
+                    continue;
+                }
+                let id = format!("{name}-{round}-{stream}");
+                let started = Instant::now();
+                let r = client
+                    .post(gw.url("/v1/chat/completions"))
+                    .header("x-request-id", &id)
+                    .json(&chat_body(name, stream))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let provider = r
+                    .headers()
+                    .get("x-tollgate-provider")
+                    .map(|v| v.to_str().unwrap().to_string());
+                let text = r.text().await.unwrap_or_default();
+                let took = started.elapsed();
+                assert!(took < Duration::from_secs(5), "{id} took {took:?}");
+                match outcome {
+                    Outcome::FailedOver => {
+                        assert_eq!(status, 200, "{id}: {text}");
+                        assert_eq!(provider.as_deref(), Some("good"), "{id}");
+                    }
+                    Outcome::Answered => assert_eq!(status, 200, "{id}: {text}"),
+                    Outcome::StreamError => {
+                        assert_eq!(status, 200, "{id}");
+                        assert!(!text.contains("[DONE]"), "{id}: {text}");
+                        let last = text
+                            .lines()
+                            .rev()
+                            .find(|l| l.starts_with("data: "))
+                            .unwrap();
+                        assert!(last.contains("\"error\""), "{id}: {last}");
+                    }
+                }
+                if stream && *outcome != Outcome::StreamError {
+                    assert!(text.ends_with("data: [DONE]\n\n"), "{id}: {text}");
+                }
+                sent.push(id);
+            }
+        }
+    }
+    flap.abort();
+
+    // Every request settled, each exactly once in the ledger.
+    let settled = eventually(Duration::from_secs(10), || async {
+        metric_sum(&gw.metrics().await, "tollgate_requests_in_flight", &[]) == 0.0
+    })
+    .await;
+    assert!(settled, "{}", gw.log());
+    let rows = eventually(Duration::from_secs(5), || async {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM requests", [], |r| r.get::<_, i64>(0)))
+            .is_ok_and(|n| n as usize >= sent.len())
+    })
+    .await;
+    assert!(rows);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut query = conn
+        .prepare("SELECT id, count(*), sum(output_tokens) FROM requests GROUP BY id")
+        .unwrap();
+    let ledger: std::collections::HashMap<String, (i64, i64)> = query
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for id in &sent {
+        let (count, output) = ledger.get(id).copied().unwrap_or_default();
+        assert_eq!(count, 1, "{id} has {count} ledger rows");
+        // What reached the client was generated, and is billed; a line that never ended
+        // carried no event to count.
+        assert!(
+            output > 0 || id.starts_with("endless_line"),
+            "{id} billed no output"
+        );
+    }
+    assert_eq!(ledger.len(), sent.len());
+    let grown = gw.rss_mib() - rss_before;
+    eprintln!(
+        "fault matrix: {} requests over {} faults, RSS {rss_before:.1} MiB before, +{grown:.1} MiB after",
+        sent.len(),
+        faults.len()
+    );
+    assert!(grown < 200.0, "RSS grew by {grown:.0} MiB");
+}
