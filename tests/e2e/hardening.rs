@@ -688,3 +688,50 @@ async fn silent_connections_are_closed_not_held_forever() {
     }
     assert_eq!(gw.chat("m", false).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_answers_requests_still_waiting_on_an_upstream() {
+    let silent = Scripted::start(vec![Step::Hang]);
+    let dir = TempDir::new("term-waiting");
+    let db = dir.0.join("usage.db");
+    let mut gw = Gateway::start(&format!(
+        "providers:\n  - {{ name: silent, kind: openai, base_url: \"{}\", api_key: k, timeouts: {{ first_token: 60s }} }}\n\
+         models:\n  - {{ name: m, targets: [{{ provider: silent, model: a }}] }}\n\
+         plugins:\n  ledger: {{ path: \"{}\" }}\n",
+        silent.url(),
+        db.display()
+    ))
+    .await;
+    let waiting: Vec<_> = [false, true]
+        .into_iter()
+        .map(|stream| {
+            let request = reqwest::Client::new()
+                .post(gw.url("/v1/chat/completions"))
+                .header("x-request-id", format!("waiting-{stream}"))
+                .json(&chat_body("m", stream));
+            tokio::spawn(async move { request.send().await })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || async { silent.requests() == 2 }).await);
+    gw.signal("TERM");
+    for request in waiting {
+        let r = request
+            .await
+            .unwrap()
+            .expect("an answer, not a dropped connection");
+        expect_error(r, 503, Some("server_shutting_down")).await;
+    }
+    assert!(gw.wait_exit(Duration::from_secs(10)), "{}", gw.log());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let statuses: Vec<(String, u16)> = conn
+        .prepare("SELECT id, status FROM requests ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        statuses,
+        [("waiting-false".into(), 503), ("waiting-true".into(), 503)]
+    );
+}

@@ -148,17 +148,7 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    /// Time spent in the gateway itself so far, upstream waiting excluded.
-    fn overhead(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.upstream_wait)
-    }
-}
-
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
+    fn new() -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
@@ -190,6 +180,20 @@ impl ProxyHttp for Gateway {
             rate_headers: Vec::new(),
             stages: Stages::default(),
         }
+    }
+
+    /// Time spent in the gateway itself so far, upstream waiting excluded.
+    fn overhead(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.upstream_wait)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -556,7 +560,12 @@ impl Gateway {
             deadline: Instant::now() + target.provider.timeouts.total,
         };
         let attempt_started = Instant::now();
-        let result = upstream_call::send(&self.connector, &target.provider, endpoint, &call).await;
+        // The end of a graceful shutdown's grace period ends the wait for an answer too.
+        let mut cut = self.drain.watch();
+        let result = tokio::select! {
+            result = upstream_call::send(&self.connector, &target.provider, endpoint, &call) => result,
+            _ = cut.arrived() => return Attempt::Done(Err(GatewayError::ShuttingDown)),
+        };
         let failure = match result {
             Ok(response) => {
                 ctx.upstream_wait += response.waited;
@@ -579,9 +588,13 @@ impl Gateway {
                             .first_token
                             .saturating_sub(attempt_started.elapsed());
                         let waiting = Instant::now();
-                        let first =
-                            pingora::time::timeout(wait, response.session.read_response_body())
-                                .await;
+                        let first = tokio::select! {
+                            first = pingora::time::timeout(wait, response.session.read_response_body()) => first,
+                            _ = cut.arrived() => {
+                                response.session.shutdown().await;
+                                return Attempt::Done(Err(GatewayError::ShuttingDown));
+                            }
+                        };
                         ctx.upstream_wait += waiting.elapsed();
                         match first {
                             Ok(Ok(chunk)) => Ok(chunk),
@@ -611,7 +624,7 @@ impl Gateway {
                                         limits: relay::Limits {
                                             deadline: call.deadline,
                                             idle: target.provider.timeouts.idle,
-                                            cut: self.drain.watch(),
+                                            cut,
                                         },
                                         client_streaming: head.stream,
                                         first_chunk,

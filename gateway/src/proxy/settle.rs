@@ -199,3 +199,94 @@ fn status_label(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_plugins::limits::{Demand, Quota, Scope, Subject};
+
+    #[tokio::test]
+    async fn a_request_dropped_before_it_settles_still_settles() {
+        let metrics = Arc::new(Metrics::new());
+        let limiter = Arc::new(Limiter::in_process());
+        let accounts = Arc::new(Accounts {
+            metrics: metrics.clone(),
+            ledger: None,
+            limiter: limiter.clone(),
+        });
+        let quota = Quota {
+            tpm: Some(1_000),
+            ..Quota::default()
+        };
+        let subjects = [Subject {
+            scope: Scope::Key,
+            id: "k",
+            quota: &quota,
+        }];
+        let most = Demand {
+            tokens: 900,
+            usd: 0.0,
+        };
+        let mut ctx = RequestCtx::new();
+        ctx.open(&accounts);
+        ctx.grants.push(
+            limiter
+                .admit(&subjects, most, SystemTime::now())
+                .await
+                .unwrap(),
+        );
+        assert_eq!(metrics.in_flight.get(), 1);
+        assert!(limiter
+            .admit(&subjects, most, SystemTime::now())
+            .await
+            .is_err());
+
+        // A panic while the request runs drops its context without `logging`.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _running = ctx;
+            panic!("a bug on the request path");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(metrics.in_flight.get(), 0);
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["", "", "0", "off"])
+                .get(),
+            1
+        );
+        limiter
+            .admit(&subjects, most, SystemTime::now())
+            .await
+            .expect("its reservation was given back");
+    }
+
+    #[tokio::test]
+    async fn a_settled_request_settles_once() {
+        let metrics = Arc::new(Metrics::new());
+        let accounts = Arc::new(Accounts {
+            metrics: metrics.clone(),
+            ledger: None,
+            limiter: Arc::new(Limiter::in_process()),
+        });
+        let mut ctx = RequestCtx::new();
+        ctx.open(&accounts);
+        ctx.settle(200).await;
+        drop(ctx);
+        assert_eq!(metrics.in_flight.get(), 0);
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["", "", "200", "off"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["", "", "0", "off"])
+                .get(),
+            0
+        );
+    }
+}
