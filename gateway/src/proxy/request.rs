@@ -91,7 +91,8 @@ struct Fields<'a> {
     #[serde(borrow)]
     model: Option<&'a RawValue>,
     stream: Option<bool>,
-    #[serde(borrow)]
+    /// Present (`null` included: it must be replaced, not shadowed by a second key) or not.
+    #[serde(borrow, default, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
@@ -104,6 +105,12 @@ struct Fields<'a> {
 struct StreamOptions {
     include_usage: Option<bool>,
     continuous_usage_stats: Option<bool>,
+}
+
+/// A field's raw value whenever the field is there, `null` included (plain `Option` reads
+/// `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Where `raw` (borrowed from `body`) sits in `body`.
@@ -322,6 +329,17 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn a_null_stream_options_is_replaced_not_shadowed() {
+        let body = Bytes::from_static(br#"{"model":"m","stream_options":null,"stream":true}"#);
+        let head = RequestHead::parse(&body).unwrap();
+        let out = head.body_for(&body, "m", Some(UsageReports::Final));
+        assert_eq!(
+            &out[..],
+            br#"{"model":"m","stream_options":{"include_usage":true},"stream":true}"#
+        );
     }
 
     #[test]
