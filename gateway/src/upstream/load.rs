@@ -56,6 +56,12 @@ fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
     })
 }
 
+/// `a + b`, saturating: a server's huge values must not add up to infinity (and then to NaN,
+/// which compares as nothing and would scramble routing scores).
+fn sum(a: f64, b: f64) -> f64 {
+    (a + b).clamp(-f64::MAX, f64::MAX)
+}
+
 /// The value of label `name` in a label set such as `a="x",b="y"`.
 fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
     let mut rest = labels;
@@ -89,11 +95,11 @@ impl LoadReport {
         let (mut utilization, mut gpus) = (0.0, 0u32);
         let (mut pending, mut trt_waiting, mut trt_active) = (None::<f64>, None::<f64>, None);
         let mut newest_lora: Option<(f64, String)> = None;
-        let add = |slot: &mut Option<f64>, v: f64| *slot = Some(slot.unwrap_or(0.0) + v);
+        let add = |slot: &mut Option<f64>, v: f64| *slot = Some(sum(slot.unwrap_or(0.0), v));
         for s in samples(text) {
             match s.name {
                 "vllm:num_requests_waiting" => {
-                    report.waiting += s.value;
+                    report.waiting = sum(report.waiting, s.value);
                     known = true;
                 }
                 "vllm:num_requests_running" => add(&mut report.running, s.value),
@@ -128,7 +134,7 @@ impl LoadReport {
                     known = true;
                 }
                 "nv_gpu_utilization" => {
-                    utilization += s.value;
+                    utilization = sum(utilization, s.value);
                     gpus += 1;
                     known = true;
                 }
@@ -142,9 +148,11 @@ impl LoadReport {
         }
         // Triton counts a model's pending requests; TensorRT-LLM its own queue: the larger.
         if let Some(waiting) = pending.into_iter().chain(trt_waiting).reduce(f64::max) {
-            report.waiting += waiting;
+            report.waiting = sum(report.waiting, waiting);
         }
-        report.running = report.running.or(trt_active);
+        // Counts below zero are nonsense: none.
+        report.waiting = report.waiting.max(0.0);
+        report.running = report.running.or(trt_active).map(|r| r.max(0.0));
         let memory = match (gpu_used, gpu_total) {
             (Some(used), Some(total)) if total > 0.0 => Some(used / total),
             _ => None,
@@ -298,6 +306,20 @@ pub fn prefix_blocks(prompt: &str) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_values_never_add_up_to_nan() {
+        let page = "nv_gpu_memory_used_bytes 1e308\nnv_gpu_memory_used_bytes 1e308\n\
+                    nv_gpu_memory_total_bytes 1e308\nnv_gpu_memory_total_bytes 1e308\n\
+                    nv_gpu_utilization 1e308\nnv_gpu_utilization 1e308\n\
+                    vllm:num_requests_waiting 1e308\nvllm:num_requests_waiting 1e308\n\
+                    vllm:num_requests_running -1e308\nvllm:num_requests_running -1e308\n";
+        let report = LoadReport::parse(page).unwrap();
+        assert_eq!(report.kv_cache, Some(1.0));
+        assert_eq!(report.gpu_utilization, Some(1.0));
+        assert_eq!(report.waiting, f64::MAX);
+        assert_eq!(report.running, Some(0.0));
+    }
 
     const VLLM: &str = r#"# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
