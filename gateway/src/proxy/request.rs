@@ -128,6 +128,10 @@ impl RequestHead {
                 None,
             ));
         }
+        // serde fills a struct from an array too (`["m", true]`): only an object is a request.
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err(bad("The request body must be a JSON object.".into(), None));
+        }
         if nesting(body) > MAX_NESTING {
             return Err(bad(
                 format!("The request body is nested more than {MAX_NESTING} levels deep."),
@@ -360,7 +364,8 @@ mod tests {
         for (body, needle) in [
             (&b""[..], "empty"),
             (b"{not json", "not valid JSON"),
-            (b"[1,2]", "not valid JSON"),
+            (b"[1,2]", "JSON object"),
+            (br#"["m",true]"#, "JSON object"),
             (br#"{"messages":[]}"#, "provide a model"),
             (br#"{"model":7}"#, "must be a string"),
             (br#"{"model":""}"#, "must not be empty"),
