@@ -580,6 +580,13 @@ async fn every_bad_input_gets_a_4xx_in_its_api_shape_and_the_next_request_is_ser
     for case in &cases {
         let addr = if case.admin { gw.admin } else { gw.addr };
         let outcome = exchange(addr, case).await.and_then(|a| check(case, &a));
+        eprintln!(
+            "bad input: {} -> {} ({:?}): {}",
+            case.name,
+            case.status,
+            case.shape,
+            if outcome.is_ok() { "ok" } else { "FAILED" }
+        );
         if let Err(why) = outcome {
             failures.push(format!("{}: {why}", case.name));
         }
