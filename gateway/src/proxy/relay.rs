@@ -367,6 +367,9 @@ async fn relay_body(
                 }
                 // Resolves only when the client hangs up: stop generating tokens nobody reads.
                 _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                    // What the upstream already sent was generated: meter it too.
+                    let (generated, _) = take_ready(&mut upstream.session, Bytes::new()).await;
+                    filter.chunk(generated);
                     upstream.session.shutdown().await;
                     return Err(GatewayError::ClientGone);
                 }
