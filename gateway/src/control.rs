@@ -4,6 +4,7 @@
 use crate::config::{self, ConfigError, Runtime};
 use crate::drain::Drain;
 use crate::metrics::Metrics;
+use crate::pipeline::Extensions;
 use crate::providers::Provider;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -30,6 +31,8 @@ pub struct Control {
     /// Serializes reloads and remembers the file version last loaded.
     last_stamp: tokio::sync::Mutex<Option<FileStamp>>,
     drain: Arc<Drain>,
+    /// A custom build's plugins, whose sections a reload must satisfy too.
+    extensions: Extensions,
 }
 
 /// Identifies one version of the config file, following symlinks, so both in-place writes
@@ -60,6 +63,7 @@ impl Control {
         runtime: Arc<ArcSwap<Runtime>>,
         metrics: Arc<Metrics>,
         drain: Arc<Drain>,
+        extensions: Extensions,
     ) -> Control {
         let stamp = FileStamp::of(&path);
         Control {
@@ -68,6 +72,7 @@ impl Control {
             metrics,
             last_stamp: tokio::sync::Mutex::new(stamp),
             drain,
+            extensions,
         }
     }
 
@@ -100,6 +105,7 @@ impl Control {
                 }
             }
             new.succeed(&old, &self.path.display().to_string())?;
+            self.extensions.check(&new)?;
             Ok(new)
         });
         match result {

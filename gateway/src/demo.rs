@@ -1,5 +1,6 @@
 //! `tollgate demo`: the gateway with in-process mock providers, ready for curl.
 
+use crate::pipeline::Extensions;
 use crate::{config, server};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -119,7 +120,7 @@ plugins:
     println!("{}", instructions(&args, &path.display().to_string()));
     // The mocks live as long as the process: their handles stay alive across `run`.
     let _mocks = (openai, flaky, gpu, claude, triton);
-    server::run(path, runtime)
+    server::run(path, runtime, Extensions::default())
 }
 
 fn instructions(args: &DemoArgs, config_path: &str) -> String {

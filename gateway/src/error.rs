@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use serde_json::json;
 use std::fmt;
+use std::time::Duration;
 use tollgate_plugins::limits::{Dimension, Refusal};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +72,17 @@ impl GatewayError {
             GatewayError::Internal { status } => *status,
             GatewayError::Refused(Refusal::Unavailable) => 503,
             GatewayError::Refused(_) => 429,
+        }
+    }
+
+    /// How long the client should wait before it tries again (`Duration::MAX`: retrying
+    /// will not help).
+    pub fn retry_wait(&self) -> Duration {
+        match self {
+            GatewayError::Refused(
+                Refusal::Rate { retry_after, .. } | Refusal::Budget { retry_after, .. },
+            ) => *retry_after,
+            _ => Duration::MAX,
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -12,6 +13,7 @@ pub mod idle;
 pub mod metering;
 pub mod metrics;
 pub mod periodic;
+pub mod pipeline;
 pub mod providers;
 pub mod proxy;
 pub mod router;

@@ -1,87 +1,11 @@
-//! The `tollgate` command: serve, check, demo, mock.
+//! The `tollgate` binary: the command line with the built-in plugins.
 
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
-use tollgate::{config, demo, server};
+use tollgate::pipeline::Extensions;
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[derive(Parser)]
-#[command(
-    name = "tollgate",
-    version,
-    about = "An OpenAI-compatible AI gateway on Pingora"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the gateway with a config file.
-    Serve {
-        #[arg(short, long)]
-        config: PathBuf,
-    },
-    /// Validate a config file and print what would run.
-    Check {
-        #[arg(short, long)]
-        config: PathBuf,
-    },
-    /// Run the gateway with built-in mock providers and print requests to try.
-    Demo(demo::DemoArgs),
-    /// Run one mock model provider.
-    Mock(tollgate_mock::MockArgs),
-}
-
-/// Exit status for an invalid config, as the contract says.
-const CONFIG_ERROR: u8 = 2;
-
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {
-        Command::Serve { config: path } => match config::load(&path, None) {
-            Ok(runtime) => match server::run(path, runtime) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            },
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(CONFIG_ERROR)
-            }
-        },
-        Command::Check { config: path } => match config::load(&path, None) {
-            Ok(runtime) => {
-                println!("{}: ok\n{}", path.display(), runtime.summary());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(CONFIG_ERROR)
-            }
-        },
-        Command::Demo(args) => match demo::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Mock(args) => {
-            let listen = args.listen;
-            match tollgate_mock::run_foreground(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: mock on {listen}: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-    }
+    tollgate::cli::main(Extensions::default())
 }

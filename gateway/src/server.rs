@@ -8,6 +8,7 @@ use crate::drain::Drain;
 use crate::health::HealthChecker;
 use crate::idle::IdleDeadline;
 use crate::metrics::Metrics;
+use crate::pipeline::{Engines, Extensions, Pipelines};
 use crate::proxy::Gateway;
 use crate::router::Strategy;
 use crate::scrape::LoadScraper;
@@ -77,7 +78,7 @@ fn check_bindable(addrs: &[SocketAddr]) -> Result<(), String> {
 
 /// Runs the gateway until SIGTERM (drain, then exit) or SIGINT (exit now). Returns only when
 /// it cannot start.
-pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
+pub fn run(config_path: PathBuf, runtime: Runtime, extensions: Extensions) -> Result<(), String> {
     let mut addrs = runtime.server.listen.clone();
     addrs.push(runtime.server.admin_listen);
     // Resolve host names before serving, so the first requests do not fail on DNS.
@@ -144,14 +145,13 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
         }
         None => Limiter::in_process(),
     });
-    let gateway = Gateway::new(
-        runtime.clone(),
-        connector,
-        metrics.clone(),
-        ledger.clone(),
-        limiter.clone(),
-        drain.clone(),
-    );
+    let pipelines = Pipelines::new(Engines {
+        metrics: metrics.clone(),
+        limiter: limiter.clone(),
+        ledger: ledger.clone(),
+        extensions: extensions.clone(),
+    });
+    let gateway = Gateway::new(runtime.clone(), connector, pipelines, drain.clone());
     let mut app = http_proxy(&server.configuration, gateway);
     let mut options = HttpServerOptions::default();
     options.h2c = h2c;
@@ -177,7 +177,13 @@ pub fn run(config_path: PathBuf, runtime: Runtime) -> Result<(), String> {
             ))),
         )),
     );
-    let control = Arc::new(Control::new(config_path, runtime, metrics.clone(), drain));
+    let control = Arc::new(Control::new(
+        config_path,
+        runtime,
+        metrics.clone(),
+        drain,
+        extensions,
+    ));
     let mut admin = Service::new(
         "tollgate admin".to_string(),
         Admin::new(control.clone(), metrics.clone(), ledger.clone(), limiter),

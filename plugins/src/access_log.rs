@@ -1,7 +1,7 @@
-//! One JSON line per request on the `tollgate::access` log target: who called what, where it
+//! One JSON line per request for the `tollgate::access` log target: who called what, where it
 //! went, how it ended. Never the body, never a credential.
 
-use crate::{Plugin, Settlement};
+use crate::Settlement;
 use serde_json::json;
 
 pub struct AccessLog;
@@ -23,16 +23,6 @@ impl AccessLog {
             "overhead_us": s.overhead.as_micros() as u64,
         })
         .to_string()
-    }
-}
-
-impl Plugin for AccessLog {
-    fn name(&self) -> &'static str {
-        "access_log"
-    }
-
-    fn settle(&self, outcome: &Settlement) {
-        log::info!(target: "tollgate::access", "{}", Self::line(outcome));
     }
 }
 

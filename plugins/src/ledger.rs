@@ -8,7 +8,7 @@
 //! [`Ledger::overflowed`] and warned about: the ledger never slows requests down, and never
 //! loses a row without saying so.
 
-use crate::{Plugin, Settlement};
+use crate::Settlement;
 use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use serde_json::{json, Value};
@@ -292,8 +292,8 @@ impl Shared {
     }
 }
 
-/// The ledger: a [`Plugin`] that records every settled request. Keep the `Arc` from
-/// [`Ledger::open`] for reports and for [`Ledger::close`] at shutdown.
+/// The ledger: one row for every settled request (fed by the gateway's ledger plugin). Keep
+/// the `Arc` from [`Ledger::open`] for reports and for [`Ledger::close`] at shutdown.
 pub struct Ledger {
     path: PathBuf,
     /// `None` once closed. Dropping the sender is what tells the writer to commit what is left
@@ -485,12 +485,9 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-impl Plugin for Ledger {
-    fn name(&self) -> &'static str {
-        "ledger"
-    }
-
-    fn settle(&self, outcome: &Settlement) {
+impl Ledger {
+    /// Queues the request's row for the writer; nothing here waits.
+    pub fn settle(&self, outcome: &Settlement) {
         let row = Box::new(Row::new(outcome));
         self.shared.enqueued.fetch_add(1, Ordering::SeqCst);
         let refused = match &*self.sender.read().unwrap_or_else(PoisonError::into_inner) {

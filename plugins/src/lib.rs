@@ -1,5 +1,6 @@
-//! Request/response plugins. The gateway runs the configured plugins, in config order, at
-//! each phase they take part in; each plugin is one small type with one job.
+//! The engines behind the gateway's plugins, free of HTTP and of the gateway's own types:
+//! limits and budgets, the usage ledger, the access log line, the SSE parser. The gateway's
+//! request pipeline (`tollgate::pipeline`) runs them at the phases of a request.
 
 pub mod access_log;
 pub mod ledger;
@@ -57,11 +58,4 @@ pub struct Settlement<'a> {
     pub cache: &'a str,
     /// Tokens and cost, when an upstream answered.
     pub metered: Option<Metered>,
-}
-
-pub trait Plugin: Send + Sync {
-    fn name(&self) -> &'static str;
-
-    /// Called once per request after the response ended (or failed).
-    fn settle(&self, outcome: &Settlement);
 }

@@ -72,6 +72,32 @@ fn check_prints_a_summary_and_rejects_bad_configs_with_exit_2() {
 }
 
 #[test]
+fn a_misspelt_plugin_section_is_refused() {
+    let dir = TempDir::new("check-plugins");
+    let path = dir.0.join("plugins.yaml");
+    std::fs::write(
+        &path,
+        "providers:\n  - { name: openai, kind: openai, base_url: \"http://127.0.0.1:1\" }\nmodels:\n  - name: a\n    targets: [{ provider: openai, model: x }]\nplugins:\n  acess_log: true\n",
+    )
+    .unwrap();
+    for command in ["check", "serve"] {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(
+                "plugins.acess_log: unknown plugin (known: access_log, ledger, shared_state)"
+            ),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/example.yaml");
     let out = Command::new(BIN)

@@ -160,6 +160,16 @@ impl Gateway {
 
     /// As `start_with`, with extra environment variables for the gateway process.
     pub async fn start_env(body: &str, server_extra: &str, envs: &[(&str, &str)]) -> Gateway {
+        Self::start_bin(BIN, body, server_extra, envs).await
+    }
+
+    /// As `start_env`, running `bin` (a build of the gateway with plugins of its own).
+    pub async fn start_bin(
+        bin: &str,
+        body: &str,
+        server_extra: &str,
+        envs: &[(&str, &str)],
+    ) -> Gateway {
         for _ in 0..3 {
             let dir = TempDir::new("gw");
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -170,7 +180,7 @@ impl Gateway {
             let config = dir.0.join("tollgate.yaml");
             std::fs::write(&config, format!("{server_section}{body}")).unwrap();
             let log = dir.0.join("gateway.log");
-            let child = Command::new(BIN)
+            let child = Command::new(bin)
                 .args(["serve", "--config"])
                 .arg(&config)
                 .env("RUST_LOG", "debug")

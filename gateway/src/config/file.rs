@@ -57,9 +57,9 @@ pub struct PriceSection {
     pub output: f64,
 }
 
-/// Plugins run in the order listed here.
+/// The built-in plugins' sections, and any other: the section of a plugin a custom build adds
+/// (checked against that build's plugins, not here).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PluginsSection {
     /// One JSON line per request on the `tollgate::access` log target.
     pub access_log: Option<bool>,
@@ -67,6 +67,8 @@ pub struct PluginsSection {
     pub ledger: Option<LedgerSection>,
     /// Where limits and budgets live when several replicas share them.
     pub shared_state: Option<SharedStateSection>,
+    #[serde(flatten)]
+    pub other: serde_yaml::Mapping,
 }
 
 #[derive(Debug, Deserialize)]

@@ -27,10 +27,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tollgate_plugins::access_log::AccessLog;
 use tollgate_plugins::ledger::LedgerConfig;
 use tollgate_plugins::limits::{FailurePolicy, Quota};
-use tollgate_plugins::Plugin;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -59,8 +57,10 @@ pub struct Runtime {
     model_index: HashMap<String, usize>,
     /// `None`: no keys configured, the data plane is open.
     pub keys: Option<KeyTable>,
-    /// In the order they run.
-    pub plugins: Vec<Arc<dyn Plugin>>,
+    /// `plugins.access_log`: one JSON line per request.
+    pub access_log: bool,
+    /// The other sections under `plugins:`, in file order: plugins a custom build adds.
+    pub plugin_sections: Vec<(String, serde_yaml::Value)>,
     /// Opened once at startup: a change takes effect on restart.
     pub ledger: Option<LedgerConfig>,
     /// Limits and budgets of each team that has any.
@@ -357,7 +357,7 @@ impl Runtime {
         for warning in &self.warnings {
             out += &format!("warning: {warning}\n");
         }
-        let plugins: Vec<&str> = self.plugins.iter().map(|p| p.name()).collect();
+        let plugins = self.plugin_names();
         out += &format!(
             "plugins: {}\n",
             if plugins.is_empty() {
@@ -367,6 +367,16 @@ impl Runtime {
             }
         );
         out
+    }
+
+    /// The optional per-request plugins the file turns on (the ledger and shared state are
+    /// listed on their own).
+    fn plugin_names(&self) -> Vec<&str> {
+        let access_log = self.access_log.then_some("access_log");
+        access_log
+            .into_iter()
+            .chain(self.plugin_sections.iter().map(|(name, _)| name.as_str()))
+            .collect()
     }
 
     /// The running config as JSON for `/admin/config`, with every secret redacted.
@@ -466,7 +476,7 @@ impl Runtime {
                 "on_error": match s.on_error { FailurePolicy::Open => "fail_open", FailurePolicy::Closed => "fail_closed" },
                 "timeout": format_duration(s.timeout),
             })),
-            "plugins": self.plugins.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            "plugins": self.plugin_names(),
         })
     }
 }
@@ -613,16 +623,19 @@ pub fn build(
         })?;
         ranges.push((net, region));
     }
+    let mut plugin_sections = Vec::new();
+    for (name, section) in file.plugins.other {
+        let Some(name) = name.as_str() else {
+            return Err(cx.err("plugins", "expected plugin names as keys"));
+        };
+        plugin_sections.push((name.to_string(), section));
+    }
     let geo = Geo::new(
         ranges,
         file.geo.nearest.into_iter().collect(),
         server.region.clone(),
     );
 
-    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
-    if file.plugins.access_log == Some(true) {
-        plugins.push(Arc::new(AccessLog));
-    }
     let ledger = file
         .plugins
         .ledger
@@ -649,7 +662,8 @@ pub fn build(
         models,
         model_index,
         keys,
-        plugins,
+        access_log: file.plugins.access_log == Some(true),
+        plugin_sections,
         ledger,
         teams,
         shared_state,

@@ -33,6 +33,7 @@ pub async fn admit<'m>(
     key: Option<&Key>,
     op: Operation,
     mut body: Bytes,
+    eligible: Vec<bool>,
 ) -> Result<Admitted<'m>, GatewayError> {
     // Prompt size matters only to some policies; most requests never parse it.
     let needs_prompt = model.context.is_some()
@@ -45,12 +46,12 @@ pub async fn admit<'m>(
             prompt.count_ahead(&tokenizers(model)).await;
         }
     }
-    // A target whose provider cannot serve this operation (embeddings from Anthropic) is out.
-    let mut allowed: Vec<bool> = model
-        .targets
-        .iter()
-        .map(|t| t.provider.kind.supports(op))
-        .collect();
+    // Those the plugins left, less those whose provider cannot serve this operation
+    // (embeddings from Anthropic).
+    let mut allowed = eligible;
+    for (allowed, target) in allowed.iter_mut().zip(&model.targets) {
+        *allowed &= target.provider.kind.supports(op);
+    }
     let mut truncated = None;
     // `cost` means the cheapest target that fits, even without a context policy.
     let policy = match (model.context, model.strategy) {

@@ -2,7 +2,6 @@
 //! `request_filter` (admit → plan → attempt → relay), and metrics settled in `logging`.
 
 mod admission;
-mod quota;
 mod relay;
 pub mod request;
 mod respond;
@@ -17,6 +16,7 @@ use crate::drain::Drain;
 use crate::error::GatewayError;
 use crate::metering::{UsageCounter, UsageShown};
 use crate::metrics::Metrics;
+use crate::pipeline::{self, Held, Pipeline, Pipelines, RequestFacts, Verdict};
 use crate::providers::chat::ChatRequest;
 use crate::providers::{ClientFormat, Dialect, Operation, Provider, ProviderKind};
 use crate::router::Pick;
@@ -30,13 +30,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use relay::Translation;
 use request::{RequestHead, UsageReports};
 use serde_json::json;
-use settle::Accounts;
 use stages::{Stage, Stages};
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tollgate_plugins::ledger::Ledger;
-use tollgate_plugins::limits::{Grant, Limiter, Quota, Refusal};
 use upstream_call::{retry_after, Call, Failure};
 
 /// Chargeback tags longer than this are cut: they land in every ledger row.
@@ -67,9 +64,8 @@ enum Attempt {
 pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
     connector: Connector,
-    accounts: Arc<Accounts>,
+    pipelines: Pipelines,
     metrics: Arc<Metrics>,
-    limiter: Arc<Limiter>,
     drain: Arc<Drain>,
 }
 
@@ -77,21 +73,14 @@ impl Gateway {
     pub fn new(
         runtime: Arc<ArcSwap<Runtime>>,
         connector: Connector,
-        metrics: Arc<Metrics>,
-        ledger: Option<Arc<Ledger>>,
-        limiter: Arc<Limiter>,
+        pipelines: Pipelines,
         drain: Arc<Drain>,
     ) -> Self {
         Gateway {
             runtime,
             connector,
-            accounts: Arc::new(Accounts {
-                metrics: metrics.clone(),
-                ledger,
-                limiter: limiter.clone(),
-            }),
-            metrics,
-            limiter,
+            metrics: pipelines.metrics().clone(),
+            pipelines,
             drain,
         }
     }
@@ -102,7 +91,10 @@ pub struct RequestCtx {
     started: Instant,
     request_id: String,
     /// Set while the request is counted in flight and has yet to settle.
-    accounts: Option<Arc<Accounts>>,
+    metrics: Option<Arc<Metrics>>,
+    /// The plugins of the request's config snapshot, and each one's state for the request.
+    pipeline: Option<Arc<Pipeline>>,
+    held: Vec<Held>,
     /// Metrics, plugins and the ledger have their record of the request.
     recorded: bool,
     /// The status sent to the client so far (0 for none).
@@ -139,10 +131,8 @@ pub struct RequestCtx {
     time_to_first_token: Option<Duration>,
     /// What the answer said about its usage; `None` when no upstream answered.
     usage: Option<UsageCounter>,
-    /// Limit and budget reservations to reconcile once the request ends.
-    grants: Vec<Grant>,
-    /// `x-ratelimit-*` for the response.
-    rate_headers: Vec<(&'static str, String)>,
+    /// Headers plugins add to the response (`x-ratelimit-*`).
+    plugin_headers: Vec<(&'static str, String)>,
     /// Time inside the gateway, per stage.
     stages: Stages,
 }
@@ -152,7 +142,9 @@ impl RequestCtx {
         RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
-            accounts: None,
+            metrics: None,
+            pipeline: None,
+            held: Vec::new(),
             recorded: false,
             status: 0,
             method: http::Method::GET,
@@ -176,8 +168,7 @@ impl RequestCtx {
             facts: None,
             time_to_first_token: None,
             usage: None,
-            grants: Vec::new(),
-            rate_headers: Vec::new(),
+            plugin_headers: Vec::new(),
             stages: Stages::default(),
         }
     }
@@ -199,19 +190,20 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
         ctx.started_at = SystemTime::now();
-        ctx.open(&self.accounts);
+        let runtime = self.runtime.load_full();
+        let pipeline = self.pipelines.for_runtime(&runtime);
+        ctx.open(&self.metrics, pipeline.clone());
         ctx.request_id = request_id(session.get_header("x-request-id"));
         let req = session.req_header();
         ctx.method = req.method.clone();
         ctx.path = req.uri.path().to_string();
-        let runtime = self.runtime.load_full();
         // A client that stops reading must not hold its upstream (and reservations) forever,
         // nor one that stops sending its body a worker's attention.
         let downstream = session.as_downstream_mut();
         downstream.set_write_timeout(Some(runtime.server.client_write_timeout));
         downstream.set_read_timeout(Some(runtime.server.client_body_timeout));
         ctx.runtime = Some(runtime.clone());
-        match self.serve(session, ctx, &runtime).await {
+        match self.serve(session, ctx, &runtime, &pipeline).await {
             Ok(()) => Ok(true),
             // Too late for an error response: drop the connection so the client sees the cut.
             Err(e) if e == GatewayError::ClientGone || session.response_written().is_some() => {
@@ -280,6 +272,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         rt: &Runtime,
+        pipeline: &Pipeline,
     ) -> std::result::Result<(), GatewayError> {
         let header_bytes: usize = session
             .req_header()
@@ -313,7 +306,7 @@ impl Gateway {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(|t| t.chars().take(MAX_TAGS_LEN).collect());
-            return self.complete(session, ctx, rt, key, op).await;
+            return self.complete(session, ctx, rt, pipeline, key, op).await;
         }
         if path == "/v1/models" || path.starts_with("/v1/models/") {
             if method != "GET" {
@@ -335,6 +328,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         rt: &Runtime,
+        pipeline: &Pipeline,
         key: Option<Arc<Key>>,
         op: Operation,
     ) -> std::result::Result<(), GatewayError> {
@@ -361,23 +355,31 @@ impl Gateway {
         }
 
         let admission_started = Instant::now();
-        let subjects = quota::subjects(rt, key.as_deref());
-        if !subjects.is_empty() {
-            let quotas: Vec<&Quota> = subjects.iter().map(|s| s.quota).collect();
-            let demand = quota::demand(&quotas, model, op, body.len(), output_cap(&head));
-            let grant = self
-                .limiter
-                .admit(&subjects, demand, SystemTime::now())
+        let facts = RequestFacts {
+            runtime: rt,
+            key: key.as_deref(),
+            model,
+            op,
+            head: &head,
+            headers: &session.req_header().headers,
+            request_id: &ctx.request_id,
+        };
+        let mut request = pipeline::Request::new(facts, body, &mut ctx.plugin_headers);
+        let verdict = pipeline.on_request(&mut request, &mut ctx.held).await?;
+        let (body, rewritten, eligible) = request.into_parts();
+        if let Verdict::Answer(answer) = verdict {
+            ctx.stages
+                .add(Stage::Admission, admission_started.elapsed());
+            return respond::answer(session, ctx, answer)
                 .await
-                .map_err(|refusal| {
-                    self.count_refusal(&refusal);
-                    GatewayError::Refused(refusal)
-                })?;
-            ctx.rate_headers = grant.headers.to_pairs();
-            ctx.grants.push(grant);
+                .map_err(|_| GatewayError::ClientGone);
+        }
+        if rewritten {
+            head = RequestHead::parse(&body)?;
         }
 
-        let admitted = admission::admit(session, rt, model, key.as_deref(), op, body).await?;
+        let admitted =
+            admission::admit(session, rt, model, key.as_deref(), op, body, eligible).await?;
         ctx.stages
             .add(Stage::Admission, admission_started.elapsed());
         let body = admitted.body;
@@ -404,8 +406,8 @@ impl Gateway {
             chat: &chat,
         };
         let mut failures: Vec<(String, Failure)> = Vec::new();
-        // Targets passed over because their provider's own quota is spent.
-        let mut over_quota: Vec<Refusal> = Vec::new();
+        // Why plugins passed targets over (a provider's own quota spent).
+        let mut passed_over: Vec<GatewayError> = Vec::new();
         while ctx.attempts < model.retry.attempts {
             let routed = Instant::now();
             let next = planner.next(routed);
@@ -413,34 +415,18 @@ impl Gateway {
             let Some(Pick { target, endpoint }) = next else {
                 break;
             };
-            let provider_grant = match quota::provider_subject(&target.provider) {
-                None => false,
-                Some(subject) => {
-                    let demand =
-                        quota::demand(&[subject.quota], model, op, body.len(), output_cap(&head));
-                    match self
-                        .limiter
-                        .admit(&[subject], demand, SystemTime::now())
-                        .await
-                    {
-                        // Held by the request from now: settled however it ends.
-                        Ok(grant) => {
-                            ctx.grants.push(grant);
-                            true
-                        }
-                        Err(refusal) => {
-                            log::info!(
-                                "request {}: {} passed over, its quota is spent",
-                                ctx.request_id,
-                                target.provider.name
-                            );
-                            self.count_refusal(&refusal);
-                            over_quota.push(refusal);
-                            continue;
-                        }
-                    }
-                }
+            let attempt = pipeline::Attempt {
+                model,
+                target,
+                op,
+                head: &head,
+                body_len: body.len(),
+                request_id: &ctx.request_id,
             };
+            if let Err(refusal) = pipeline.on_attempt(&attempt, &mut ctx.held).await {
+                passed_over.push(refusal);
+                continue;
+            }
             if ctx.attempts > 0 {
                 let wait = model.retry.backoff_before(ctx.attempts);
                 if !wait.is_zero() {
@@ -463,12 +449,7 @@ impl Gateway {
                 Attempt::Done(result) => return result,
                 Attempt::Failed(failure) => failure,
             };
-            if let Some(grant) = provider_grant.then(|| ctx.grants.pop()).flatten() {
-                // Nothing was generated: the tokens go back.
-                self.limiter
-                    .settle(grant, Default::default(), SystemTime::now())
-                    .await;
-            }
+            pipeline.attempt_failed(&mut ctx.held).await;
             log::warn!(
                 "request {} model {} attempt {}: {} ({}) {}",
                 ctx.request_id,
@@ -489,8 +470,8 @@ impl Gateway {
             }
         }
         if failures.is_empty() {
-            if let Some(refusal) = over_quota.into_iter().min_by_key(retry_wait) {
-                return Err(GatewayError::Refused(refusal));
+            if let Some(refusal) = passed_over.into_iter().min_by_key(GatewayError::retry_wait) {
+                return Err(refusal);
             }
             return Err(GatewayError::NoEligibleTarget {
                 model: model.name.clone(),
@@ -667,23 +648,6 @@ impl Gateway {
         Attempt::Failed(failure)
     }
 
-    fn count_refusal(&self, refusal: &Refusal) {
-        match refusal {
-            Refusal::Rate { scope, .. } | Refusal::TooLarge { scope, .. } => self
-                .metrics
-                .ratelimited
-                .with_label_values(&[scope.as_str()])
-                .inc(),
-            Refusal::Budget { scope, period, .. } | Refusal::OverBudget { scope, period, .. } => {
-                self.metrics
-                    .budget_exceeded
-                    .with_label_values(&[scope.as_str(), period.as_str()])
-                    .inc()
-            }
-            Refusal::Unavailable => {}
-        }
-    }
-
     /// Counts a failure against the endpoint, ejecting it after too many in a row.
     fn record_failure(&self, provider: &Provider, endpoint: &Endpoint) {
         if let Some(time) = endpoint
@@ -727,23 +691,6 @@ fn usage_reports(
         running: head.continuous_usage,
     };
     (Some(wanted), Some(shown))
-}
-
-fn output_cap(head: &RequestHead) -> quota::OutputCap {
-    quota::OutputCap {
-        max_tokens: head.max_output,
-        choices: head.choices,
-    }
-}
-
-/// How long a refused request should wait before it tries again.
-fn retry_wait(refusal: &Refusal) -> Duration {
-    match refusal {
-        Refusal::Rate { retry_after, .. } | Refusal::Budget { retry_after, .. } => *retry_after,
-        Refusal::TooLarge { .. } | Refusal::OverBudget { .. } | Refusal::Unavailable => {
-            Duration::MAX
-        }
-    }
 }
 
 fn all_failed(failures: &[(String, Failure)]) -> GatewayError {

@@ -122,7 +122,7 @@ fn client_header(
         resp.insert_header("x-tollgate-truncated", format!("{dropped} messages"))
             .map_err(failed)?;
     }
-    for (name, value) in &ctx.rate_headers {
+    for (name, value) in &ctx.plugin_headers {
         resp.insert_header(*name, value).map_err(failed)?;
     }
     Ok(resp)
@@ -332,6 +332,9 @@ async fn relay_body(
         .is_some_and(|v| v.starts_with("text/event-stream"))
         || client_streaming;
     let resp = match filter {
+        _ if plugins_see_chunks(ctx) => {
+            client_header(ctx, status, Some(header), None, Length::Rewritten)?
+        }
         BodyFilter::Transcode(_) => client_header(
             ctx,
             status,
@@ -389,6 +392,17 @@ async fn relay_body(
         let filtering = Instant::now();
         let data = data.map(|d| filter.chunk(d));
         ctx.stages.add(filter.stage(), filtering.elapsed());
+        let (data, ended) = match data {
+            Some(data) => {
+                let (data, ended) = through_plugins(ctx, data, false);
+                (Some(data), ended)
+            }
+            None => (None, false),
+        };
+        if ended {
+            upstream.session.shutdown().await;
+            return write_within(session, data, true, deadline).await;
+        }
         // An event that never ends (a line without a newline) must not grow without bound.
         let after = match after {
             Ok(_) if filter.buffered() > MAX_EVENT_BYTES => Err(GatewayError::UpstreamFailed(
@@ -420,12 +434,31 @@ async fn relay_body(
         return Err(failure);
     }
     let tail = filter.finish();
+    let tail = match tail {
+        _ if plugins_see_chunks(ctx) => {
+            Some(through_plugins(ctx, tail.unwrap_or_default(), true).0)
+        }
+        tail => tail,
+    };
     write_within(session, tail, true, deadline).await?;
     let idle_timeout = upstream.peer.options.idle_timeout;
     connector
         .release_http_session(upstream.session, &*upstream.peer, idle_timeout)
         .await;
     Ok(())
+}
+
+/// Whether any plugin of the request takes part in the chunk phase.
+fn plugins_see_chunks(ctx: &RequestCtx) -> bool {
+    ctx.pipeline.as_ref().is_some_and(|p| p.sees_chunks())
+}
+
+/// The plugins' chunk phase: what to send, and whether a plugin ended the answer there.
+fn through_plugins(ctx: &mut RequestCtx, chunk: Bytes, last: bool) -> (Bytes, bool) {
+    match &ctx.pipeline {
+        Some(pipeline) if pipeline.sees_chunks() => pipeline.on_chunk(chunk, last, &mut ctx.held),
+        _ => (chunk, false),
+    }
 }
 
 /// Writes to the client within what is left of the exchange (`total` covers the client's
@@ -584,7 +617,7 @@ async fn relay_whole(
         };
         (status, rendered)
     };
-    let bytes = Bytes::from(json.to_string());
+    let (bytes, _) = through_plugins(ctx, Bytes::from(json.to_string()), true);
     let resp = client_header(
         ctx,
         status,

@@ -2,6 +2,7 @@
 
 use super::RequestCtx;
 use crate::error::GatewayError;
+use crate::pipeline::Answer;
 use crate::providers::ClientFormat;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -14,25 +15,39 @@ pub async fn json(
     status: u16,
     body: Bytes,
 ) -> Result<()> {
-    with_headers(session, ctx, status, body, &[]).await
+    with_headers(session, ctx, status, "application/json", body, &[]).await
+}
+
+/// A plugin's answer in place of an upstream's.
+pub async fn answer(session: &mut Session, ctx: &mut RequestCtx, answer: Answer) -> Result<()> {
+    with_headers(
+        session,
+        ctx,
+        answer.status,
+        answer.content_type,
+        answer.body,
+        &[],
+    )
+    .await
 }
 
 async fn with_headers(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: u16,
+    content_type: &'static str,
     body: Bytes,
     extra: &[(&'static str, String)],
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("x-request-id", &ctx.request_id)?;
     if ctx.attempts > 0 {
         resp.insert_header("x-tollgate-attempts", ctx.attempts.to_string())?;
     }
     // A refusal's own headers describe the limit that refused; they win over the grant's.
-    for (name, value) in ctx.rate_headers.iter().chain(extra) {
+    for (name, value) in ctx.plugin_headers.iter().chain(extra) {
         resp.insert_header(*name, value)?;
     }
     // An unread request body would corrupt the next request on this connection.
@@ -50,5 +65,13 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, e: &GatewayError
         ClientFormat::OpenAi => e.body(),
         ClientFormat::Anthropic => e.anthropic_body(),
     };
-    with_headers(session, ctx, e.status(), body, &e.headers()).await
+    with_headers(
+        session,
+        ctx,
+        e.status(),
+        "application/json",
+        body,
+        &e.headers(),
+    )
+    .await
 }

@@ -1,43 +1,34 @@
-//! Settle: once per request, however it ended. Metrics, plugins, the ledger row, then the
-//! limit reservations reconciled with what was used. `logging` settles every request that
-//! reaches it; a request dropped before (a panic, a task dropped when the process stops)
-//! settles from `RequestCtx`'s destructor, without awaiting anything.
+//! Settle: once per request, however it ended. Usage metered, metrics, then the plugins'
+//! settle phase (access log, ledger, limits reconciled with what was used). `logging`
+//! settles every request that reaches it; a request dropped before (a panic, a task dropped
+//! when the process stops) settles from `RequestCtx`'s destructor, without awaiting anything.
 
-use super::quota;
 use super::stages::Stage;
 use super::RequestCtx;
 use crate::catalog::Tokenizer;
 use crate::metering::{self, UsageCounter};
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::tokens::{self, INLINE_BYTES};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
-use tollgate_plugins::ledger::Ledger;
-use tollgate_plugins::limits::Limiter;
-use tollgate_plugins::{Metered, Plugin, Settlement};
+use std::time::Instant;
+use tollgate_plugins::{Metered, Settlement};
 
 /// The `model` label of requests for a model that is not configured.
 const UNKNOWN_MODEL: &str = "_unknown";
 
-/// Where every request's outcome goes; one per process, shared by every request.
-pub struct Accounts {
-    pub metrics: Arc<Metrics>,
-    /// Lives as long as the process, across reloads.
-    pub ledger: Option<Arc<Ledger>>,
-    /// Limits and budgets; its state lives as long as the process.
-    pub limiter: Arc<Limiter>,
-}
-
 impl RequestCtx {
     /// Counts the request in flight: from now on it settles exactly once.
-    pub(super) fn open(&mut self, accounts: &Arc<Accounts>) {
-        accounts.metrics.in_flight.inc();
-        self.accounts = Some(accounts.clone());
+    pub(super) fn open(&mut self, metrics: &Arc<Metrics>, pipeline: Arc<Pipeline>) {
+        metrics.in_flight.inc();
+        self.metrics = Some(metrics.clone());
+        self.held = pipeline.slots();
+        self.pipeline = Some(pipeline);
     }
 
     /// Settles the request; `status` is what the client was sent (0 for nothing).
     pub(super) async fn settle(&mut self, status: u16) {
-        let Some(accounts) = self.accounts.clone() else {
+        let Some(metrics) = self.metrics.clone() else {
             return;
         };
         let metering = Instant::now();
@@ -48,19 +39,22 @@ impl RequestCtx {
         if metered.is_some() {
             self.stages.add(Stage::Meter, metering.elapsed());
         }
-        self.record(&accounts, status, metered);
+        let logging = Instant::now();
+        self.record(&metrics, status, metered);
         self.recorded = true;
-        // Reconciling limits may wait on Redis: after the gateway's own accounting.
-        let actual = quota::actual(metered);
-        while let Some(grant) = self.grants.pop() {
-            accounts
-                .limiter
-                .settle(grant, actual, SystemTime::now())
+        if let Some(pipeline) = self.pipeline.clone() {
+            // Out of the context: a task dropped while a plugin waits gives back what the
+            // slots hold as they drop.
+            let mut held = std::mem::take(&mut self.held);
+            pipeline
+                .settle(&self.settlement(status, metered), &mut held)
                 .await;
         }
+        self.stages.add(Stage::Log, logging.elapsed());
+        metrics.record_stages(&self.stages);
         // Last: a graceful shutdown closes the ledger once nothing is in flight.
-        self.accounts = None;
-        accounts.metrics.in_flight.dec();
+        self.metrics = None;
+        metrics.in_flight.dec();
     }
 
     /// The tokens and cost of the answer, counted on the counting pool when the provider
@@ -79,17 +73,38 @@ impl RequestCtx {
         metering::metered(usage, estimated, self.facts.and_then(|f| f.prices))
     }
 
-    /// Metrics, plugins and the ledger row; nothing here waits.
-    fn record(&mut self, accounts: &Accounts, status: u16, metered: Option<Metered>) {
-        let logging = Instant::now();
-        let metrics = &accounts.metrics;
+    /// How the request ended, as the plugins' settle phase sees it.
+    fn settlement(&self, status: u16, metered: Option<Metered>) -> Settlement<'_> {
+        Settlement {
+            request_id: &self.request_id,
+            started_at: self.started_at,
+            method: self.method.as_str(),
+            path: &self.path,
+            key_id: self.key_id.as_deref(),
+            team: self.team.as_deref(),
+            project: self.project.as_deref(),
+            tags: self.tags.as_deref(),
+            model: self.model.as_deref(),
+            provider: self.provider.as_deref(),
+            upstream_model: self.upstream_model.as_deref(),
+            status,
+            attempts: self.attempts,
+            duration: self.started.elapsed(),
+            time_to_first_token: self.time_to_first_token,
+            overhead: self.overhead(),
+            cache: "off",
+            metered,
+        }
+    }
+
+    /// The request's metrics; nothing here waits.
+    fn record(&self, metrics: &Metrics, status: u16, metered: Option<Metered>) {
         let model = match (&self.model, self.unknown_model) {
             (Some(model), _) => model.as_str(),
             (None, true) => UNKNOWN_MODEL,
             (None, false) => "",
         };
         let provider = self.provider.as_deref().unwrap_or("");
-        // Metrics first: whatever reads the ledger finds them up to date.
         if let Some(m) = &metered {
             let team = self.team.as_deref().unwrap_or("");
             metrics.record_usage(model, provider, team, m);
@@ -114,38 +129,6 @@ impl RequestCtx {
                 .latency
                 .record(model, provider, duration, self.time_to_first_token);
         }
-        if let Some(runtime) = &self.runtime {
-            let settlement = Settlement {
-                request_id: &self.request_id,
-                started_at: self.started_at,
-                method: self.method.as_str(),
-                path: &self.path,
-                key_id: self.key_id.as_deref(),
-                team: self.team.as_deref(),
-                project: self.project.as_deref(),
-                tags: self.tags.as_deref(),
-                model: self.model.as_deref(),
-                provider: self.provider.as_deref(),
-                upstream_model: self.upstream_model.as_deref(),
-                status,
-                attempts: self.attempts,
-                duration,
-                time_to_first_token: self.time_to_first_token,
-                overhead: self.overhead(),
-                cache: "off",
-                metered,
-            };
-            for plugin in &runtime.plugins {
-                plugin.settle(&settlement);
-            }
-            // A row per request that reached a configured model with a valid key: unknown
-            // paths, models and keys are counted in metrics, not billed.
-            if let (Some(ledger), Some(_)) = (&accounts.ledger, &self.model) {
-                ledger.settle(&settlement);
-            }
-            self.stages.add(Stage::Log, logging.elapsed());
-        }
-        metrics.record_stages(&self.stages);
     }
 }
 
@@ -153,7 +136,7 @@ impl Drop for RequestCtx {
     /// A request that never reached `logging`: settled now, its usage estimated from lengths
     /// (the tokenizer is no work for a destructor).
     fn drop(&mut self) {
-        let Some(accounts) = self.accounts.take() else {
+        let Some(metrics) = self.metrics.take() else {
             return;
         };
         log::warn!(
@@ -161,20 +144,19 @@ impl Drop for RequestCtx {
             self.request_id,
             self.status
         );
-        let metered = self.usage.take().map(|counter| {
-            let (usage, estimated) = counter.settle_by_length(self.body.len());
-            metering::metered(usage, estimated, self.facts.and_then(|f| f.prices))
-        });
         if !self.recorded {
-            self.record(&accounts, self.status, metered);
+            let metered = self.usage.take().map(|counter| {
+                let (usage, estimated) = counter.settle_by_length(self.body.len());
+                metering::metered(usage, estimated, self.facts.and_then(|f| f.prices))
+            });
+            self.record(&metrics, self.status, metered);
+            if let Some(pipeline) = self.pipeline.clone() {
+                let mut held = std::mem::take(&mut self.held);
+                pipeline.settle_now(&self.settlement(self.status, metered), &mut held);
+            }
+            metrics.record_stages(&self.stages);
         }
-        let actual = quota::actual(metered);
-        for grant in self.grants.drain(..) {
-            accounts
-                .limiter
-                .settle_detached(grant, actual, SystemTime::now());
-        }
-        accounts.metrics.in_flight.dec();
+        metrics.in_flight.dec();
     }
 }
 
@@ -203,43 +185,44 @@ fn status_label(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_plugins::limits::{Demand, Quota, Scope, Subject};
+    use crate::pipeline::{Held, Plugin};
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
-    #[tokio::test]
-    async fn a_request_dropped_before_it_settles_still_settles() {
+    /// Counts how each request was settled.
+    #[derive(Default)]
+    struct Counting {
+        settled: AtomicU32,
+        settled_now: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Plugin for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+
+        async fn settle(&self, _outcome: &Settlement<'_>, _held: &mut Held) {
+            self.settled.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn settle_now(&self, _outcome: &Settlement<'_>, _held: &mut Held) {
+            self.settled_now.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn opened() -> (RequestCtx, Arc<Metrics>, Arc<Counting>) {
         let metrics = Arc::new(Metrics::new());
-        let limiter = Arc::new(Limiter::in_process());
-        let accounts = Arc::new(Accounts {
-            metrics: metrics.clone(),
-            ledger: None,
-            limiter: limiter.clone(),
-        });
-        let quota = Quota {
-            tpm: Some(1_000),
-            ..Quota::default()
-        };
-        let subjects = [Subject {
-            scope: Scope::Key,
-            id: "k",
-            quota: &quota,
-        }];
-        let most = Demand {
-            tokens: 900,
-            usd: 0.0,
-        };
+        let counting = Arc::new(Counting::default());
         let mut ctx = RequestCtx::new();
-        ctx.open(&accounts);
-        ctx.grants.push(
-            limiter
-                .admit(&subjects, most, SystemTime::now())
-                .await
-                .unwrap(),
-        );
+        ctx.open(&metrics, Arc::new(Pipeline::new(vec![counting.clone()])));
+        (ctx, metrics, counting)
+    }
+
+    #[test]
+    fn a_request_dropped_before_it_settles_still_settles() {
+        let (ctx, metrics, counting) = opened();
         assert_eq!(metrics.in_flight.get(), 1);
-        assert!(limiter
-            .admit(&subjects, most, SystemTime::now())
-            .await
-            .is_err());
 
         // A panic while the request runs drops its context without `logging`.
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -255,22 +238,13 @@ mod tests {
                 .get(),
             1
         );
-        limiter
-            .admit(&subjects, most, SystemTime::now())
-            .await
-            .expect("its reservation was given back");
+        assert_eq!(counting.settled_now.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.settled.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
     async fn a_settled_request_settles_once() {
-        let metrics = Arc::new(Metrics::new());
-        let accounts = Arc::new(Accounts {
-            metrics: metrics.clone(),
-            ledger: None,
-            limiter: Arc::new(Limiter::in_process()),
-        });
-        let mut ctx = RequestCtx::new();
-        ctx.open(&accounts);
+        let (mut ctx, metrics, counting) = opened();
         ctx.settle(200).await;
         drop(ctx);
         assert_eq!(metrics.in_flight.get(), 0);
@@ -288,5 +262,7 @@ mod tests {
                 .get(),
             0
         );
+        assert_eq!(counting.settled.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.settled_now.load(Ordering::SeqCst), 0);
     }
 }

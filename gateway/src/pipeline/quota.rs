@@ -7,6 +7,7 @@ use crate::config::Runtime;
 use crate::metering;
 use crate::providers::chat::Usage;
 use crate::providers::{Operation, Provider};
+use crate::proxy::request::RequestHead;
 use tollgate_plugins::limits::{Ask, Demand, Quota, Scope, Subject};
 
 /// Output tokens reserved for a request that sets no `max_tokens`; settle gives back what
@@ -106,6 +107,15 @@ pub fn demand(
 pub struct OutputCap {
     pub max_tokens: Option<u64>,
     pub choices: u64,
+}
+
+impl OutputCap {
+    pub fn of(head: &RequestHead) -> OutputCap {
+        OutputCap {
+            max_tokens: head.max_output,
+            choices: head.choices,
+        }
+    }
 }
 
 /// What a request really used, for settling its reservations.
