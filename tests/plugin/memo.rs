@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate::error::GatewayError;
-use tollgate::pipeline::{Answer, ChunkStep, Held, Plugin, PluginFactory, Request, Verdict};
+use tollgate::pipeline::{
+    Answer, ChunkStep, Held, Phases, Plugin, PluginFactory, Request, Verdict,
+};
 use tollgate::providers::Operation;
 
 #[derive(Deserialize)]
@@ -59,6 +61,14 @@ impl PluginFactory for MemoFactory {
 impl Plugin for Memo {
     fn name(&self) -> &'static str {
         "memo"
+    }
+
+    fn phases(&self) -> Phases {
+        if self.config.mask.is_empty() {
+            Phases::REQUEST
+        } else {
+            Phases::REQUEST | Phases::CHUNK
+        }
     }
 
     async fn on_request(
@@ -105,10 +115,6 @@ impl Plugin for Memo {
             request.rewrite(Bytes::from(body.to_string()));
         }
         Ok(Verdict::Continue)
-    }
-
-    fn sees_chunks(&self) -> bool {
-        !self.config.mask.is_empty()
     }
 
     fn on_chunk(&self, chunk: Bytes, _last: bool, _held: &mut Held) -> ChunkStep {

@@ -1,6 +1,6 @@
 //! The access log as a plugin: one JSON line per request (`plugins.access_log: true`).
 
-use super::{Held, Plugin};
+use super::{Held, Phases, Plugin};
 use async_trait::async_trait;
 use tollgate_plugins::access_log::AccessLog;
 use tollgate_plugins::Settlement;
@@ -11,6 +11,10 @@ pub struct AccessLogPlugin;
 impl Plugin for AccessLogPlugin {
     fn name(&self) -> &'static str {
         "access_log"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::SETTLE
     }
 
     fn settle_now(&self, outcome: &Settlement<'_>, _held: &mut Held) {

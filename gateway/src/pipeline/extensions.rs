@@ -3,12 +3,15 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use tollgate::pipeline::{Extensions, Plugin, PluginFactory};
+//! use tollgate::pipeline::{Extensions, Phases, Plugin, PluginFactory};
 //!
 //! struct Noop;
 //! impl Plugin for Noop {
 //!     fn name(&self) -> &'static str {
 //!         "noop"
+//!     }
+//!     fn phases(&self) -> Phases {
+//!         Phases::default()
 //!     }
 //! }
 //!

@@ -1,7 +1,7 @@
 //! Metering → the usage ledger, as a plugin: one row per request that reached a configured
 //! model with a valid key. Unknown paths, models and keys are counted in metrics, not billed.
 
-use super::{Held, Plugin};
+use super::{Held, Phases, Plugin};
 use async_trait::async_trait;
 use std::sync::Arc;
 use tollgate_plugins::ledger::Ledger;
@@ -22,6 +22,10 @@ impl LedgerPlugin {
 impl Plugin for LedgerPlugin {
     fn name(&self) -> &'static str {
         "ledger"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::SETTLE
     }
 
     fn settle_now(&self, outcome: &Settlement<'_>, _held: &mut Held) {

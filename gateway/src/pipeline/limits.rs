@@ -3,7 +3,7 @@
 //! it ends. The reservations are held in one guard, so no path can forget them.
 
 use super::quota;
-use super::{Attempt, Held, Plugin, Request, Verdict};
+use super::{Attempt, Held, Phases, Plugin, Request, Verdict};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -83,6 +83,10 @@ impl Plugin for LimitsPlugin {
         "limits"
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST | Phases::ATTEMPT | Phases::SETTLE_WAITS
+    }
+
     async fn on_request(
         &self,
         request: &mut Request<'_>,
@@ -109,9 +113,7 @@ impl Plugin for LimitsPlugin {
                 self.count_refusal(&refusal);
                 GatewayError::Refused(refusal)
             })?;
-        for (name, value) in grant.headers.to_pairs() {
-            request.add_response_header(name, value);
-        }
+        request.add_response_headers(grant.headers.to_pairs());
         self.reservations(held).request = Some(grant);
         Ok(Verdict::Continue)
     }

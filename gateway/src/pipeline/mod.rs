@@ -117,9 +117,13 @@ impl<'a> Request<'a> {
         self.eligible.get(index).copied().unwrap_or(false)
     }
 
-    /// A header for the client's response, whatever it turns out to be.
-    pub fn add_response_header(&mut self, name: &'static str, value: String) {
-        self.response_headers.push((name, value));
+    /// Headers for the client's response, whatever it turns out to be.
+    pub fn add_response_headers(&mut self, headers: Vec<(&'static str, String)>) {
+        if self.response_headers.is_empty() {
+            *self.response_headers = headers;
+        } else {
+            self.response_headers.extend(headers);
+        }
     }
 }
 
@@ -131,6 +135,37 @@ pub struct Attempt<'a> {
     pub head: &'a RequestHead,
     pub body_len: usize,
     pub request_id: &'a str,
+}
+
+/// The phases a plugin takes part in. The pipeline calls a plugin in these only, so a phase
+/// no plugin uses costs nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phases(u8);
+
+impl Phases {
+    /// `on_request`.
+    pub const REQUEST: Phases = Phases(1);
+    /// `on_attempt` and `attempt_failed`.
+    pub const ATTEMPT: Phases = Phases(1 << 1);
+    /// `on_chunk`.
+    pub const CHUNK: Phases = Phases(1 << 2);
+    /// `settle_now`, called at the end of every request.
+    pub const SETTLE: Phases = Phases(1 << 3);
+    /// `settle`, awaited at the end of a request that reaches it; `settle_now` still serves
+    /// a request dropped before.
+    pub const SETTLE_WAITS: Phases = Phases(1 << 4);
+
+    pub fn has(self, phase: Phases) -> bool {
+        self.0 & phase.0 == phase.0
+    }
+}
+
+impl std::ops::BitOr for Phases {
+    type Output = Phases;
+
+    fn bitor(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
 }
 
 /// A plugin's state for one request, kept between its phases.
@@ -155,11 +190,13 @@ impl Held {
     }
 }
 
-/// One concern of every request. Every method has a default that does nothing, so a plugin
-/// writes only the phases it takes part in.
+/// One concern of every request. A plugin names the phases it takes part in and writes
+/// those methods; the others have defaults that do nothing and are never called.
 #[async_trait]
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
+
+    fn phases(&self) -> Phases;
 
     /// Before routing. An error answers the client with it (a refusal, a block).
     async fn on_request(
@@ -183,25 +220,19 @@ pub trait Plugin: Send + Sync {
     /// The attempt this plugin last let through failed before anything reached the client.
     async fn attempt_failed(&self, _held: &mut Held) {}
 
-    /// Whether `on_chunk` does anything: chunks are not offered to plugins that say no.
-    fn sees_chunks(&self) -> bool {
-        false
-    }
-
     /// Each chunk of the answer in the client's format, before it leaves; `last` for the
     /// answer's final bytes.
     fn on_chunk(&self, chunk: Bytes, _last: bool, _held: &mut Held) -> ChunkStep {
         ChunkStep::Send(chunk)
     }
 
-    /// Once per request, after the last byte or the disconnect. The default runs
-    /// `settle_now`; a plugin that must wait (on Redis, say) overrides both.
-    async fn settle(&self, outcome: &Settlement<'_>, held: &mut Held) {
-        self.settle_now(outcome, held);
-    }
+    /// Once per request, after the last byte or the disconnect, for a plugin that must wait
+    /// there (on Redis, say): `Phases::SETTLE_WAITS`.
+    async fn settle(&self, _outcome: &Settlement<'_>, _held: &mut Held) {}
 
-    /// Settles without waiting: from the destructor of a request that never reached the end
-    /// of its exchange (a panic, a task dropped at shutdown).
+    /// Once per request without waiting: at its end for `Phases::SETTLE`, and for
+    /// `Phases::SETTLE_WAITS` from the destructor of a request that never reached its end (a
+    /// panic, a task dropped at shutdown).
     fn settle_now(&self, _outcome: &Settlement<'_>, _held: &mut Held) {}
 }
 
@@ -217,7 +248,10 @@ pub struct Engines {
 /// The plugins of one config snapshot, in the order they run.
 pub struct Pipeline {
     plugins: Vec<Arc<dyn Plugin>>,
-    sees_chunks: bool,
+    /// Each plugin's phases, read once.
+    phases: Vec<Phases>,
+    /// Any plugin's.
+    any: Phases,
 }
 
 impl Pipeline {
@@ -242,11 +276,27 @@ impl Pipeline {
     }
 
     pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Pipeline {
-        let sees_chunks = plugins.iter().any(|p| p.sees_chunks());
+        let phases: Vec<Phases> = plugins.iter().map(|p| p.phases()).collect();
+        let any = phases.iter().fold(Phases::default(), |any, p| any | *p);
         Pipeline {
             plugins,
-            sees_chunks,
+            phases,
+            any,
         }
+    }
+
+    /// The plugins that take part in `phase`, each with its slot.
+    fn taking_part<'p, 'h>(
+        &'p self,
+        phase: Phases,
+        held: &'h mut [Held],
+    ) -> impl DoubleEndedIterator<Item = (&'p Arc<dyn Plugin>, &'h mut Held)> {
+        self.plugins
+            .iter()
+            .zip(&self.phases)
+            .zip(held)
+            .filter(move |((_, phases), _)| phases.has(phase))
+            .map(|((plugin, _), held)| (plugin, held))
     }
 
     /// An empty slot per plugin, for one request.
@@ -260,7 +310,10 @@ impl Pipeline {
         request: &mut Request<'_>,
         held: &mut [Held],
     ) -> Result<Verdict, GatewayError> {
-        for (plugin, held) in self.plugins.iter().zip(held) {
+        if !self.any.has(Phases::REQUEST) {
+            return Ok(Verdict::Continue);
+        }
+        for (plugin, held) in self.taking_part(Phases::REQUEST, held) {
             if let Verdict::Answer(answer) = plugin.on_request(request, held).await? {
                 return Ok(Verdict::Answer(answer));
             }
@@ -275,9 +328,15 @@ impl Pipeline {
         attempt: &Attempt<'_>,
         held: &mut [Held],
     ) -> Result<(), GatewayError> {
+        if !self.any.has(Phases::ATTEMPT) {
+            return Ok(());
+        }
         for i in 0..self.plugins.len() {
+            if !self.phases[i].has(Phases::ATTEMPT) {
+                continue;
+            }
             if let Err(refusal) = self.plugins[i].on_attempt(attempt, &mut held[i]).await {
-                for (plugin, held) in self.plugins[..i].iter().zip(held.iter_mut()) {
+                for (plugin, held) in self.taking_part(Phases::ATTEMPT, &mut held[..i]) {
                     plugin.attempt_failed(held).await;
                 }
                 return Err(refusal);
@@ -287,23 +346,20 @@ impl Pipeline {
     }
 
     pub async fn attempt_failed(&self, held: &mut [Held]) {
-        for (plugin, held) in self.plugins.iter().zip(held) {
+        for (plugin, held) in self.taking_part(Phases::ATTEMPT, held) {
             plugin.attempt_failed(held).await;
         }
     }
 
     /// Whether any plugin looks at the answer's chunks (else the relay skips the phase).
     pub fn sees_chunks(&self) -> bool {
-        self.sees_chunks
+        self.any.has(Phases::CHUNK)
     }
 
     /// Runs `on_chunk` in order: each plugin sees what the one before let through. `None`
     /// unless a plugin ended the stream.
     pub fn on_chunk(&self, mut chunk: Bytes, last: bool, held: &mut [Held]) -> (Bytes, bool) {
-        for (plugin, held) in self.plugins.iter().zip(held) {
-            if !plugin.sees_chunks() {
-                continue;
-            }
+        for (plugin, held) in self.taking_part(Phases::CHUNK, held) {
             match plugin.on_chunk(chunk, last, held) {
                 ChunkStep::Send(bytes) => chunk = bytes,
                 ChunkStep::End(bytes) => return (bytes, true),
@@ -314,15 +370,23 @@ impl Pipeline {
 
     /// Settles every plugin, in reverse order.
     pub async fn settle(&self, outcome: &Settlement<'_>, held: &mut [Held]) {
-        for (plugin, held) in self.plugins.iter().zip(held).rev() {
-            plugin.settle(outcome, held).await;
+        let plugins = self.plugins.iter().zip(&self.phases).zip(held).rev();
+        for ((plugin, phases), held) in plugins {
+            if phases.has(Phases::SETTLE_WAITS) {
+                plugin.settle(outcome, held).await;
+            } else if phases.has(Phases::SETTLE) {
+                plugin.settle_now(outcome, held);
+            }
         }
     }
 
     /// Settles every plugin without waiting, in reverse order.
     pub fn settle_now(&self, outcome: &Settlement<'_>, held: &mut [Held]) {
-        for (plugin, held) in self.plugins.iter().zip(held).rev() {
-            plugin.settle_now(outcome, held);
+        let plugins = self.plugins.iter().zip(&self.phases).zip(held).rev();
+        for ((plugin, phases), held) in plugins {
+            if phases.has(Phases::SETTLE) || phases.has(Phases::SETTLE_WAITS) {
+                plugin.settle_now(outcome, held);
+            }
         }
     }
 }

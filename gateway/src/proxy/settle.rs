@@ -185,7 +185,7 @@ fn status_label(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{Held, Plugin};
+    use crate::pipeline::{Held, Phases, Plugin};
     use async_trait::async_trait;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -200,6 +200,10 @@ mod tests {
     impl Plugin for Counting {
         fn name(&self) -> &'static str {
             "counting"
+        }
+
+        fn phases(&self) -> Phases {
+            Phases::SETTLE_WAITS
         }
 
         async fn settle(&self, _outcome: &Settlement<'_>, _held: &mut Held) {
