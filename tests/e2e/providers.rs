@@ -72,13 +72,17 @@ async fn azure_openai_deployments_answer_chat_streams_and_embeddings() {
         assert_eq!(r["headers"]["api-key"], UPSTREAM_KEY, "{r}");
         assert!(r["headers"].get("authorization").is_none(), "{r}");
     }
-    // Both chats metered from Azure's own usage (the stream's usage chunk asked for).
-    let output = metric_sum(
-        &gw.metrics().await,
-        "tollgate_tokens_total",
-        &["direction=\"output\"", "model=\"gpt\""],
-    );
-    assert_eq!(output, 12.0);
+    // Both chats metered from Azure's own usage (the stream's usage chunk asked for), once
+    // each has settled (after its last byte reached the client).
+    let output = || async {
+        metric_sum(
+            &gw.metrics().await,
+            "tollgate_tokens_total",
+            &["direction=\"output\"", "model=\"gpt\""],
+        )
+    };
+    eventually(Duration::from_secs(5), || async { output().await >= 12.0 }).await;
+    assert_eq!(output().await, 12.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

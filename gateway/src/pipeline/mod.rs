@@ -90,7 +90,41 @@ pub struct Request<'a> {
     body: Bytes,
     rewritten: bool,
     eligible: Vec<bool>,
-    response_headers: &'a mut Vec<(&'static str, String)>,
+    marks: &'a mut Marks,
+}
+
+/// What plugins leave on a request for the core to show: response headers, and what the
+/// cache made of it.
+#[derive(Debug, Default)]
+pub struct Marks {
+    /// Added to the client's response, whatever it turns out to be.
+    pub headers: Vec<(&'static str, String)>,
+    pub cache: CacheResult,
+}
+
+/// What a cache made of a request: the `cache` label of `tollgate_requests_total` and of
+/// the ledger's row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheResult {
+    /// No cache looked at the request.
+    #[default]
+    Off,
+    Hit,
+    Miss,
+    Bypass,
+    Coalesced,
+}
+
+impl CacheResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Off => "off",
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Bypass => "bypass",
+            CacheResult::Coalesced => "coalesced",
+        }
+    }
 }
 
 impl<'a> Request<'a> {
@@ -119,11 +153,16 @@ impl<'a> Request<'a> {
 
     /// Headers for the client's response, whatever it turns out to be.
     pub fn add_response_headers(&mut self, headers: Vec<(&'static str, String)>) {
-        if self.response_headers.is_empty() {
-            *self.response_headers = headers;
+        if self.marks.headers.is_empty() {
+            self.marks.headers = headers;
         } else {
-            self.response_headers.extend(headers);
+            self.marks.headers.extend(headers);
         }
+    }
+
+    /// What a cache made of the request.
+    pub fn set_cache_result(&mut self, result: CacheResult) {
+        self.marks.cache = result;
     }
 }
 
@@ -423,17 +462,13 @@ impl Pipelines {
 }
 
 impl<'a> Request<'a> {
-    pub fn new(
-        facts: RequestFacts<'a>,
-        body: Bytes,
-        response_headers: &'a mut Vec<(&'static str, String)>,
-    ) -> Request<'a> {
+    pub fn new(facts: RequestFacts<'a>, body: Bytes, marks: &'a mut Marks) -> Request<'a> {
         Request {
             eligible: vec![true; facts.model.targets.len()],
             facts,
             body,
             rewritten: false,
-            response_headers,
+            marks,
         }
     }
 

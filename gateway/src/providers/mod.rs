@@ -1,5 +1,6 @@
-//! Provider kinds and their adapters: pure functions from the client's request to the
-//! upstream's wire format.
+//! Providers: a configured provider (`Provider`: its kind, endpoints pool, credentials,
+//! timeouts, quota) and, per kind, its adapter modules: pure functions between the gateway's
+//! chat model and the upstream's wire format (request in, request out; chunk in, chunks out).
 
 pub mod anthropic;
 pub mod anthropic_format;

@@ -1,7 +1,8 @@
 //! The data plane: Pingora's `ProxyHttp` with every AI request answered from
 //! `request_filter` (admit → plan → attempt → relay), and metrics settled in `logging`.
 
-mod admission;
+mod attempt;
+mod plan;
 mod relay;
 pub mod request;
 mod respond;
@@ -10,56 +11,33 @@ pub mod stages;
 mod upstream_call;
 
 use crate::catalog::ModelFacts;
-use crate::config::runtime::{Key, Model, Target};
+use crate::config::runtime::Key;
 use crate::config::Runtime;
 use crate::drain::Drain;
 use crate::error::GatewayError;
-use crate::metering::{UsageCounter, UsageShown};
+use crate::metering::UsageCounter;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Held, Pipeline, Pipelines, RequestFacts, Verdict};
-use crate::providers::chat::ChatRequest;
-use crate::providers::{ClientFormat, Dialect, Operation, Provider, ProviderKind};
-use crate::router::Pick;
-use crate::upstream::Endpoint;
+use crate::pipeline::{self, Held, Marks, Pipeline, Pipelines, RequestFacts, Verdict};
+use crate::providers::{ClientFormat, Operation};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use attempt::Exchange;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use relay::Translation;
-use request::{RequestHead, UsageReports};
+use request::RequestHead;
 use serde_json::json;
 use stages::{Stage, Stages};
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use upstream_call::{retry_after, Call, Failure};
 
 /// Chargeback tags longer than this are cut: they land in every ledger row.
 const MAX_TAGS_LEN: usize = 256;
 
 /// The most header bytes (names and values) a request may carry, as Envoy's default.
 const MAX_HEADER_BYTES: usize = 60 * 1024;
-
-/// What stays the same across a request's attempts.
-#[derive(Clone, Copy)]
-struct Exchange<'a> {
-    model: &'a Model,
-    head: &'a RequestHead,
-    body: &'a Bytes,
-    op: Operation,
-    /// The body in the gateway's chat model, parsed the first time a target needs it.
-    chat: &'a OnceLock<Result<ChatRequest, GatewayError>>,
-}
-
-/// How one upstream attempt ended.
-enum Attempt {
-    /// A response was relayed (or failed mid-relay): the request is over.
-    Done(std::result::Result<(), GatewayError>),
-    /// Nothing reached the client; the next attempt may follow.
-    Failed(Failure),
-}
 
 pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
@@ -131,8 +109,8 @@ pub struct RequestCtx {
     time_to_first_token: Option<Duration>,
     /// What the answer said about its usage; `None` when no upstream answered.
     usage: Option<UsageCounter>,
-    /// Headers plugins add to the response (`x-ratelimit-*`).
-    plugin_headers: Vec<(&'static str, String)>,
+    /// What plugins left for the response and the record (`x-ratelimit-*`, the cache).
+    marks: Marks,
     /// Time inside the gateway, per stage.
     stages: Stages,
 }
@@ -168,7 +146,7 @@ impl RequestCtx {
             facts: None,
             time_to_first_token: None,
             usage: None,
-            plugin_headers: Vec::new(),
+            marks: Marks::default(),
             stages: Stages::default(),
         }
     }
@@ -322,7 +300,8 @@ impl Gateway {
         Err(GatewayError::UnknownPath(path))
     }
 
-    /// admit → plan → attempt → relay, for the completion-style operations.
+    /// admit → plan → attempt → relay, for the completion-style operations; settle follows
+    /// in `logging`.
     async fn complete(
         &self,
         session: &mut Session,
@@ -333,7 +312,7 @@ impl Gateway {
         op: Operation,
     ) -> std::result::Result<(), GatewayError> {
         let body = read_body(session, rt.server.max_body_bytes).await?;
-        let mut head = ctx
+        let head = ctx
             .stages
             .time(Stage::Parse, || RequestHead::parse(&body))?;
         if matches!(op, Operation::ChatCompletions | Operation::Messages) && !head.has_messages {
@@ -364,7 +343,7 @@ impl Gateway {
             headers: &session.req_header().headers,
             request_id: &ctx.request_id,
         };
-        let mut request = pipeline::Request::new(facts, body, &mut ctx.plugin_headers);
+        let mut request = pipeline::Request::new(facts, body, &mut ctx.marks);
         let verdict = pipeline.on_request(&mut request, &mut ctx.held).await?;
         let (body, rewritten, eligible) = request.into_parts();
         if let Verdict::Answer(answer) = verdict {
@@ -374,334 +353,36 @@ impl Gateway {
                 .await
                 .map_err(|_| GatewayError::ClientGone);
         }
-        if rewritten {
-            head = RequestHead::parse(&body)?;
-        }
-
-        let admitted =
-            admission::admit(session, rt, model, key.as_deref(), op, body, eligible).await?;
+        let planned = plan::plan(session, rt, model, key.as_deref(), op, body, eligible).await?;
         ctx.stages
             .add(Stage::Admission, admission_started.elapsed());
-        let body = admitted.body;
+        let body = planned.body;
+        // The body changed since it was parsed: its head is read again.
+        let head = if rewritten || planned.truncated.is_some() {
+            RequestHead::parse(&body)?
+        } else {
+            head
+        };
         ctx.body = body.clone();
-        if admitted.truncated.is_some() {
-            head = RequestHead::parse(&body)?;
-        }
-        ctx.route = admitted.route;
-        ctx.truncated = admitted.truncated;
-        let mut planner = admitted.planner;
-        if planner.in_panic() {
+        ctx.route = planned.route;
+        ctx.truncated = planned.truncated;
+        if planned.planner.in_panic() {
             ctx.route = format!("{} (panic: ejected endpoints in use)", ctx.route).into();
             self.metrics
                 .panic_routes
                 .with_label_values(&[&model.name])
                 .inc();
         }
-        let chat = OnceLock::new();
         let exchange = Exchange {
             model,
             head: &head,
             body: &body,
             op,
-            chat: &chat,
+            chat: OnceLock::new(),
+            pipeline,
         };
-        let mut failures: Vec<(String, Failure)> = Vec::new();
-        // Why plugins passed targets over (a provider's own quota spent).
-        let mut passed_over: Vec<GatewayError> = Vec::new();
-        while ctx.attempts < model.retry.attempts {
-            let routed = Instant::now();
-            let next = planner.next(routed);
-            ctx.stages.add(Stage::Routing, routed.elapsed());
-            let Some(Pick { target, endpoint }) = next else {
-                break;
-            };
-            let attempt = pipeline::Attempt {
-                model,
-                target,
-                op,
-                head: &head,
-                body_len: body.len(),
-                request_id: &ctx.request_id,
-            };
-            if let Err(refusal) = pipeline.on_attempt(&attempt, &mut ctx.held).await {
-                passed_over.push(refusal);
-                continue;
-            }
-            if ctx.attempts > 0 {
-                let wait = model.retry.backoff_before(ctx.attempts);
-                if !wait.is_zero() {
-                    pingora::time::sleep(wait).await;
-                }
-            }
-            if let Some((from, _)) = failures.last() {
-                if *from != target.provider.name {
-                    self.metrics
-                        .fallbacks
-                        .with_label_values(&[&model.name, from, &target.provider.name])
-                        .inc();
-                }
-            }
-            ctx.attempts += 1;
-            let failure = match self
-                .attempt(session, ctx, &exchange, target, &endpoint)
-                .await
-            {
-                Attempt::Done(result) => return result,
-                Attempt::Failed(failure) => failure,
-            };
-            pipeline.attempt_failed(&mut ctx.held).await;
-            log::warn!(
-                "request {} model {} attempt {}: {} ({}) {}",
-                ctx.request_id,
-                model.name,
-                ctx.attempts,
-                target.provider.name,
-                endpoint.label,
-                failure.describe()
-            );
-            self.metrics
-                .upstream_errors
-                .with_label_values(&[&target.provider.name, &failure.kind()])
-                .inc();
-            let retryable = failure.retryable(&model.retry.on);
-            failures.push((target.provider.name.clone(), failure));
-            if !retryable {
-                break;
-            }
-        }
-        if failures.is_empty() {
-            if let Some(refusal) = passed_over.into_iter().min_by_key(GatewayError::retry_wait) {
-                return Err(refusal);
-            }
-            return Err(GatewayError::NoEligibleTarget {
-                model: model.name.clone(),
-                why: planner.unavailable_summary(Instant::now()),
-            });
-        }
-        Err(all_failed(&failures))
-    }
-
-    /// One attempt at `target` through `endpoint`: relayed (the request is done, well or not),
-    /// or failed in a way the next attempt may follow.
-    async fn attempt(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        request: &Exchange<'_>,
-        target: &Target,
-        endpoint: &Endpoint,
-    ) -> Attempt {
-        let Exchange {
-            model,
-            head,
-            body,
-            op,
-            chat,
-        } = *request;
-        let client = ClientFormat::for_op(op);
-        let kind = target.provider.kind;
-        let (usage_reports, usage_shown) = usage_reports(head, kind, op);
-        let translating = Instant::now();
-        let (upstream_body, translation) = if client.native_to(kind) {
-            (
-                head.body_for(body, &target.model, usage_reports),
-                Translation::None,
-            )
-        } else {
-            let chat = match chat.get_or_init(|| client.parse_request(body)) {
-                Ok(chat) => chat,
-                Err(e) => return Attempt::Done(Err(e.clone())),
-            };
-            let (dialect, translated) = Dialect::translate(target.provider.kind, chat, target);
-            (
-                Bytes::from(serde_json::to_vec(&translated).expect("a JSON value serializes")),
-                Translation::Translate {
-                    from: dialect,
-                    to: client,
-                    chat,
-                },
-            )
-        };
-        // Preparing a passthrough body (the model name swapped in) counts too.
-        ctx.stages.add(Stage::Translate, translating.elapsed());
-        // A Messages request reaches OpenAI-style providers as a chat completion.
-        let upstream_op = match op {
-            Operation::Messages if target.provider.kind.speaks_openai() => {
-                Operation::ChatCompletions
-            }
-            op => op,
-        };
-        let state = &endpoint.state;
-        let _in_flight = state.begin();
-        let call = Call {
-            op: upstream_op,
-            stream: head.stream,
-            body: upstream_body,
-            upstream_model: &target.model,
-            deadline: Instant::now() + target.provider.timeouts.total,
-        };
-        let attempt_started = Instant::now();
-        // The end of a graceful shutdown's grace period ends the wait for an answer too.
-        let mut cut = self.drain.watch();
-        let result = tokio::select! {
-            result = upstream_call::send(&self.connector, &target.provider, endpoint, &call) => result,
-            _ = cut.arrived() => return Attempt::Done(Err(GatewayError::ShuttingDown)),
-        };
-        let failure = match result {
-            Ok(response) => {
-                ctx.upstream_wait += response.waited;
-                let status = response.header().status.as_u16();
-                if status >= 500 {
-                    self.record_failure(&target.provider, endpoint);
-                }
-                // A provider refusing the gateway's own credential is never the client's
-                // business, and its message may quote part of that credential.
-                let credential_refused = status == 401 || status == 403;
-                if !credential_refused && !model.retry.on.status(status) {
-                    let mut response = response;
-                    // Latency is time to first token: the header for a completion, the
-                    // first chunk for a stream. A stream commits on its first token, so a
-                    // server that stalls after its header still fails over.
-                    let first_chunk = if head.stream && status == 200 {
-                        let wait = target
-                            .provider
-                            .timeouts
-                            .first_token
-                            .saturating_sub(attempt_started.elapsed());
-                        let waiting = Instant::now();
-                        let first = tokio::select! {
-                            first = pingora::time::timeout(wait, response.session.read_response_body()) => first,
-                            _ = cut.arrived() => {
-                                response.session.shutdown().await;
-                                return Attempt::Done(Err(GatewayError::ShuttingDown));
-                            }
-                        };
-                        ctx.upstream_wait += waiting.elapsed();
-                        match first {
-                            Ok(Ok(chunk)) => Ok(chunk),
-                            Ok(Err(e)) => Err(Failure::Reset(e.etype().as_str().to_lowercase())),
-                            Err(_) => Err(Failure::Timeout("no first token in time".into())),
-                        }
-                    } else {
-                        Ok(None)
-                    };
-                    match first_chunk {
-                        Ok(first_chunk) => {
-                            state.latency.observe(attempt_started.elapsed());
-                            if status < 500 {
-                                state.record_success();
-                            }
-                            ctx.provider = Some(target.provider.name.clone());
-                            ctx.upstream_model = Some(target.model.clone());
-                            ctx.facts = target.facts;
-                            ctx.time_to_first_token = Some(ctx.started.elapsed());
-                            return Attempt::Done(
-                                relay::relay(
-                                    session,
-                                    ctx,
-                                    &self.connector,
-                                    response,
-                                    relay::Plan {
-                                        limits: relay::Limits {
-                                            deadline: call.deadline,
-                                            idle: target.provider.timeouts.idle,
-                                            cut,
-                                        },
-                                        client_streaming: head.stream,
-                                        first_chunk,
-                                        translation,
-                                        kind,
-                                        usage_shown,
-                                    },
-                                )
-                                .await,
-                            );
-                        }
-                        Err(failure) => {
-                            response.session.shutdown().await;
-                            self.record_failure(&target.provider, endpoint);
-                            failure
-                        }
-                    }
-                } else {
-                    if status == 429 || status == 503 {
-                        if let Some(wait) = retry_after(response.header(), SystemTime::now()) {
-                            state.cool_down(Instant::now(), wait);
-                            log::info!(
-                                "{} ({}) asked to retry after {wait:?}: cooling it down",
-                                target.provider.name,
-                                endpoint.label
-                            );
-                        }
-                    }
-                    let mut response = response;
-                    response.session.shutdown().await;
-                    Failure::Status(status)
-                }
-            }
-            Err(failure) => {
-                ctx.upstream_wait += attempt_started.elapsed();
-                self.record_failure(&target.provider, endpoint);
-                failure
-            }
-        };
-        Attempt::Failed(failure)
-    }
-
-    /// Counts a failure against the endpoint, ejecting it after too many in a row.
-    fn record_failure(&self, provider: &Provider, endpoint: &Endpoint) {
-        if let Some(time) = endpoint
-            .state
-            .record_failure(Instant::now(), &provider.outlier)
-        {
-            log::warn!(
-                "{} ({}) ejected for {time:?} after consecutive failures",
-                provider.name,
-                endpoint.label
-            );
-            self.metrics
-                .ejections
-                .with_label_values(&[&provider.name, &endpoint.label])
-                .inc();
-        }
-    }
-}
-
-/// The usage reports to ask an OpenAI-style stream for, so that every stream is metered from
-/// the provider's own count (vLLM's running count even covers streams cut short), and which
-/// of them the client asked to see.
-fn usage_reports(
-    head: &RequestHead,
-    kind: ProviderKind,
-    op: Operation,
-) -> (Option<UsageReports>, Option<UsageShown>) {
-    let streams_openai = head.stream
-        && kind.speaks_openai()
-        && matches!(op, Operation::ChatCompletions | Operation::Completions);
-    let wanted = match kind {
-        ProviderKind::Vllm if !head.continuous_usage => UsageReports::Continuous,
-        _ if !head.include_usage => UsageReports::Final,
-        _ => return (None, None),
-    };
-    if !streams_openai {
-        return (None, None);
-    }
-    let shown = UsageShown {
-        final_chunk: head.include_usage,
-        running: head.continuous_usage,
-    };
-    (Some(wanted), Some(shown))
-}
-
-fn all_failed(failures: &[(String, Failure)]) -> GatewayError {
-    let summary = failures
-        .iter()
-        .map(|(provider, f)| format!("{provider}: {}", f.describe()))
-        .collect::<Vec<_>>()
-        .join("; ");
-    match failures.last() {
-        Some((_, Failure::Timeout(_))) => GatewayError::UpstreamTimeout(summary),
-        _ => GatewayError::UpstreamFailed(summary),
+        self.attempts(session, ctx, &exchange, planned.planner)
+            .await
     }
 }
 

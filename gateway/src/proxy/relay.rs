@@ -122,14 +122,14 @@ fn client_header(
         resp.insert_header("x-tollgate-truncated", format!("{dropped} messages"))
             .map_err(failed)?;
     }
-    for (name, value) in &ctx.plugin_headers {
+    for (name, value) in &ctx.marks.headers {
         resp.insert_header(*name, value).map_err(failed)?;
     }
     Ok(resp)
 }
 
 /// How to relay one committed upstream response.
-pub struct Plan<'a> {
+pub struct Setup<'a> {
     pub limits: Limits,
     /// The client asked for a stream.
     pub client_streaming: bool,
@@ -246,26 +246,26 @@ pub async fn relay(
     ctx: &mut RequestCtx,
     connector: &Connector,
     upstream: UpstreamResponse,
-    plan: Plan<'_>,
+    setup: Setup<'_>,
 ) -> Result<(), GatewayError> {
     let status = upstream.header().status.as_u16();
-    let mut filter = match plan.translation {
-        _ if status != 200 && matches!(plan.translation, Translation::None) => {
+    let mut filter = match setup.translation {
+        _ if status != 200 && matches!(setup.translation, Translation::None) => {
             BodyFilter::Unmetered
         }
-        Translation::None if plan.client_streaming => {
-            let wire = match plan.kind {
+        Translation::None if setup.client_streaming => {
+            let wire = match setup.kind {
                 ProviderKind::Anthropic => StreamWire::Anthropic,
                 _ => StreamWire::OpenAi,
             };
-            BodyFilter::Stream(StreamMeter::new(wire, plan.usage_shown))
+            BodyFilter::Stream(StreamMeter::new(wire, setup.usage_shown))
         }
         Translation::None => BodyFilter::Whole {
-            kind: plan.kind,
+            kind: setup.kind,
             kept: Vec::new(),
             too_large: false,
         },
-        Translation::Translate { from, to, chat } if plan.client_streaming && status == 200 => {
+        Translation::Translate { from, to, chat } if setup.client_streaming && status == 200 => {
             let client = match to {
                 ClientFormat::OpenAi => ClientStream::OpenAi(StreamRenderer::new(
                     &chat.model,
@@ -279,51 +279,34 @@ pub async fn relay(
             BodyFilter::Transcode(Box::new(StreamTranscoder::new(from.stream(chat), client)))
         }
         Translation::Translate { from, to, chat } => {
-            return relay_whole(
-                session,
-                ctx,
-                connector,
-                upstream,
-                plan.limits,
-                plan.first_chunk,
-                (from, to, chat),
-            )
-            .await
+            return relay_whole(session, ctx, connector, upstream, setup, (from, to, chat)).await
         }
     };
-    let result = relay_body(
-        session,
-        ctx,
-        connector,
-        upstream,
-        &mut filter,
-        plan.limits,
-        plan.first_chunk,
-        plan.client_streaming,
-    )
-    .await;
+    let result = relay_body(session, ctx, connector, upstream, &mut filter, setup).await;
     // Whatever ended the relay, the tokens that went out are metered.
     ctx.usage = filter.into_counter();
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn relay_body(
     session: &mut Session,
     ctx: &mut RequestCtx,
     connector: &Connector,
     mut upstream: UpstreamResponse,
     filter: &mut BodyFilter,
-    limits: Limits,
-    mut first_chunk: Option<Bytes>,
-    client_streaming: bool,
+    setup: Setup<'_>,
 ) -> Result<(), GatewayError> {
     let status = upstream.header().status.as_u16();
-    let Limits {
-        deadline,
-        idle,
-        mut cut,
-    } = limits;
+    let Setup {
+        limits: Limits {
+            deadline,
+            idle,
+            mut cut,
+        },
+        mut first_chunk,
+        client_streaming,
+        ..
+    } = setup;
     let header = upstream.header();
     let event_stream = header
         .headers
@@ -533,10 +516,14 @@ async fn relay_whole(
     ctx: &mut RequestCtx,
     connector: &Connector,
     mut upstream: UpstreamResponse,
-    mut limits: Limits,
-    first_chunk: Option<Bytes>,
+    setup: Setup<'_>,
     (dialect, client, chat): (Dialect, ClientFormat, &ChatRequest),
 ) -> Result<(), GatewayError> {
+    let Setup {
+        mut limits,
+        first_chunk,
+        ..
+    } = setup;
     let status = upstream.header().status.as_u16();
     let mut body = BytesMut::new();
     if let Some(first) = first_chunk {

@@ -47,7 +47,7 @@ async fn with_headers(
         resp.insert_header("x-tollgate-attempts", ctx.attempts.to_string())?;
     }
     // A refusal's own headers describe the limit that refused; they win over the grant's.
-    for (name, value) in ctx.plugin_headers.iter().chain(extra) {
+    for (name, value) in ctx.marks.headers.iter().chain(extra) {
         resp.insert_header(*name, value)?;
     }
     // An unread request body would corrupt the next request on this connection.

@@ -92,7 +92,7 @@ impl RequestCtx {
             duration: self.started.elapsed(),
             time_to_first_token: self.time_to_first_token,
             overhead: self.overhead(),
-            cache: "off",
+            cache: self.marks.cache.as_str(),
             metered,
         }
     }
@@ -117,7 +117,12 @@ impl RequestCtx {
         }
         metrics
             .requests
-            .with_label_values(&[model, provider, status_label(status), "off"])
+            .with_label_values(&[
+                model,
+                provider,
+                status_label(status),
+                self.marks.cache.as_str(),
+            ])
             .inc();
         let duration = self.started.elapsed();
         metrics

@@ -114,7 +114,8 @@ pub fn retry_after(header: &ResponseHeader, now: std::time::SystemTime) -> Optio
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-/// Everything about the request that stays the same across attempts.
+/// One attempt's upstream request: its body translated for the target, the target's model
+/// name, and the attempt's deadline.
 pub struct Call<'a> {
     pub op: Operation,
     /// The client asked for a stream (some providers have separate stream paths).

@@ -64,10 +64,6 @@ impl PeakEwma {
         let elapsed = now.saturating_duration_since(state.stamp);
         state.value.map(|v| v * self.weight(elapsed))
     }
-
-    pub fn estimate(&self) -> Option<f64> {
-        self.estimate_at(Instant::now())
-    }
 }
 
 #[cfg(test)]

@@ -206,10 +206,7 @@ impl<'m> Planner<'m> {
 
     /// The next attempt's target and endpoint; `None` when nothing usable is left.
     pub fn next(&mut self, now: Instant) -> Option<Pick<'m>> {
-        let pick = match self.model.strategy {
-            Strategy::GpuAware => self.best_scored(now),
-            _ => self.by_strategy(now),
-        }?;
+        let pick = self.by_strategy(now)?;
         // Counted until the next scrape, so that a burst spreads before the servers report it.
         pick.endpoint.state.load.sent(&self.prefix);
         self.tried.push(pick.endpoint.clone());
@@ -257,9 +254,9 @@ impl<'m> Planner<'m> {
             _ => Measure::Cost,
         };
         let index = match self.model.strategy {
-            Strategy::Fallback | Strategy::GpuAware => {
-                (0..targets.len()).find(|&i| self.eligible(i, now))
-            }
+            // Scored per endpoint, not per target.
+            Strategy::GpuAware => return self.best_scored(now),
+            Strategy::Fallback => (0..targets.len()).find(|&i| self.eligible(i, now)),
             Strategy::Weighted => self.model.weights.pick(|i| self.eligible(i, now)),
             // Cheapest or nearest first; equals keep config order.
             Strategy::Cost | Strategy::Geo => (0..targets.len())

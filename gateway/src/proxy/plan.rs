@@ -1,6 +1,6 @@
-//! Admission: what a request may use before the first attempt. The context policy (which may
-//! shorten the body), the model's rules, residency, and the strategy's ranking narrow the
-//! model's targets into a `Planner`.
+//! Plan: what a request may use before its first attempt. The targets the plugins left, the
+//! context policy (which may shorten the body), the model's rules, residency, and the
+//! strategy's ranking narrow the model's targets into a `Planner`.
 
 use crate::catalog::Tokenizer;
 use crate::config::runtime::{Key, Model};
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 use std::borrow::Cow;
 
-pub struct Admitted<'m> {
+pub struct Plan<'m> {
     pub planner: Planner<'m>,
     /// The body to send: the client's, or shortened by `truncate_middle`.
     pub body: Bytes,
@@ -26,7 +26,7 @@ pub struct Admitted<'m> {
     pub route: Cow<'static, str>,
 }
 
-pub async fn admit<'m>(
+pub async fn plan<'m>(
     session: &Session,
     rt: &Runtime,
     model: &'m Model,
@@ -34,7 +34,7 @@ pub async fn admit<'m>(
     op: Operation,
     mut body: Bytes,
     eligible: Vec<bool>,
-) -> Result<Admitted<'m>, GatewayError> {
+) -> Result<Plan<'m>, GatewayError> {
     // Prompt size matters only to some policies; most requests never parse it.
     let needs_prompt = model.context.is_some()
         || matches!(model.strategy, Strategy::Cost | Strategy::GpuAware)
@@ -123,7 +123,7 @@ pub async fn admit<'m>(
         (Strategy::GpuAware, Some(prompt)) => prefix_blocks(&prompt.text()),
         _ => Vec::new(),
     };
-    Ok(Admitted {
+    Ok(Plan {
         planner: Planner::admitted(model, allowed, preference).with_prefix(prefix),
         body,
         truncated,
