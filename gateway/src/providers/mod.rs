@@ -11,6 +11,7 @@ pub mod openai_format;
 pub mod openai_upstream;
 pub mod transcode;
 pub mod triton;
+pub mod usage;
 
 use crate::catalog::Tokenizer;
 use crate::config::runtime::Target;

@@ -5,7 +5,7 @@
 use super::chat::StreamEvent;
 use super::openai_format::StreamRenderer;
 use super::{anthropic, anthropic_format, gemini, openai_upstream, triton};
-use crate::metering::UsageCounter;
+use super::usage::UsageCounter;
 use bytes::{Bytes, BytesMut};
 use tollgate_plugins::sse::SseParser;
 

@@ -15,7 +15,7 @@ use crate::config::runtime::Key;
 use crate::config::Runtime;
 use crate::drain::Drain;
 use crate::error::GatewayError;
-use crate::metering::UsageCounter;
+use crate::providers::usage::UsageCounter;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Held, Marks, Pipeline, Pipelines, RequestFacts, Verdict};
 use crate::providers::{ClientFormat, Operation};

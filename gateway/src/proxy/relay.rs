@@ -8,8 +8,9 @@ use super::RequestCtx;
 use crate::drain::Cut;
 use crate::error::GatewayError;
 use crate::metering::{
-    body_usage, partial_texts, StreamMeter, StreamWire, UsageCounter, UsageShown, MAX_METERED_BODY,
+    body_usage, partial_texts, StreamMeter, StreamWire, UsageShown, MAX_METERED_BODY,
 };
+use crate::providers::usage::UsageCounter;
 use crate::providers::anthropic_format;
 use crate::providers::chat::{ChatRequest, StreamEvent};
 use crate::providers::openai_format::{self, StreamRenderer};

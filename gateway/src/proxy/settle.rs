@@ -6,7 +6,8 @@
 use super::stages::Stage;
 use super::RequestCtx;
 use crate::catalog::Tokenizer;
-use crate::metering::{self, UsageCounter};
+use crate::metering;
+use crate::providers::usage::UsageCounter;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::tokens::{self, INLINE_BYTES};
