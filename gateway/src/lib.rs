@@ -18,6 +18,7 @@ pub mod providers;
 pub mod proxy;
 pub mod router;
 pub mod scrape;
+pub mod secret;
 pub mod server;
 pub mod stats;
 pub mod tokens;

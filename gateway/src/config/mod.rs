@@ -4,7 +4,6 @@
 pub mod env;
 pub mod file;
 pub mod runtime;
-pub mod secret;
 pub mod units;
 
 pub use runtime::Runtime;

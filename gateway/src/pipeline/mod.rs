@@ -29,12 +29,13 @@ mod ledger;
 mod limits;
 mod quota;
 
-use crate::config::runtime::{Key, Model, Target};
+use crate::config::runtime::Key;
 use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::Operation;
 use crate::proxy::request::RequestHead;
+use crate::router::{Model, Target};
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -2,12 +2,13 @@
 //! attempt (for its key and team) or before each attempt (for the provider's own quota),
 //! and reconciled with what it really used once it ends.
 
-use crate::config::runtime::{Key, Model};
+use crate::config::runtime::Key;
 use crate::config::Runtime;
 use crate::metering;
 use crate::providers::chat::Usage;
 use crate::providers::{Operation, Provider};
 use crate::proxy::request::RequestHead;
+use crate::router::Model;
 use tollgate_plugins::limits::{Ask, Demand, Quota, Scope, Subject};
 
 /// Output tokens reserved for a request that sets no `max_tokens`; settle gives back what

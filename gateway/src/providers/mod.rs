@@ -14,8 +14,7 @@ pub mod triton;
 pub mod usage;
 
 use crate::catalog::Tokenizer;
-use crate::config::runtime::Target;
-use crate::config::secret::Secret;
+use crate::secret::Secret;
 use crate::upstream::state::OutlierPolicy;
 use crate::upstream::{Endpoint, Pool};
 use chat::{ChatRequest, ChatResponse};
@@ -263,29 +262,42 @@ pub enum Dialect {
     },
 }
 
+/// What a translation needs to know of its target: the model name sent upstream, and what
+/// that model's kind wants beside it.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamModel<'a> {
+    pub name: &'a str,
+    /// `max_tokens` for providers that require one when the client sets none.
+    pub max_tokens_default: u64,
+    /// How chat turns become a Triton prompt.
+    pub prompt_template: PromptTemplate,
+    /// How the gateway counts the model's tokens.
+    pub tokenizer: Tokenizer,
+}
+
 impl Dialect {
-    /// The request body for `target` in this dialect, and the dialect to read answers in.
+    /// The request body for `upstream` in this dialect, and the dialect to read answers in.
     pub fn translate(
         kind: ProviderKind,
         chat: &ChatRequest,
-        target: &Target,
+        upstream: UpstreamModel<'_>,
     ) -> (Dialect, serde_json::Value) {
         match kind {
             ProviderKind::Anthropic => (
                 Dialect::Anthropic,
-                anthropic::request_body(chat, &target.model, target.max_tokens_default),
+                anthropic::request_body(chat, upstream.name, upstream.max_tokens_default),
             ),
             ProviderKind::Gemini => (Dialect::Gemini, gemini::request_body(chat)),
             ProviderKind::Triton => (
                 Dialect::Triton {
-                    template: target.prompt_template,
-                    tokenizer: target.facts.map_or(Tokenizer::Cl100k, |f| f.tokenizer),
+                    template: upstream.prompt_template,
+                    tokenizer: upstream.tokenizer,
                 },
-                triton::request_body(chat, target.prompt_template),
+                triton::request_body(chat, upstream.prompt_template),
             ),
             _ => (
                 Dialect::OpenAi,
-                openai_upstream::request_body(chat, &target.model),
+                openai_upstream::request_body(chat, upstream.name),
             ),
         }
     }
@@ -356,7 +368,7 @@ impl Operation {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::{Provider, ProviderKind, Timeouts};
-    use crate::config::secret::Secret;
+    use crate::secret::Secret;
     use crate::upstream::{Endpoint, Pool};
     use pingora::http::RequestHeader;
     use std::sync::Arc;

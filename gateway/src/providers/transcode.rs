@@ -4,8 +4,8 @@
 
 use super::chat::StreamEvent;
 use super::openai_format::StreamRenderer;
-use super::{anthropic, anthropic_format, gemini, openai_upstream, triton};
 use super::usage::UsageCounter;
+use super::{anthropic, anthropic_format, gemini, openai_upstream, triton};
 use bytes::{Bytes, BytesMut};
 use tollgate_plugins::sse::SseParser;
 

@@ -6,7 +6,6 @@ use super::relay::{self, Translation};
 use super::stages::Stage;
 use super::upstream_call::{self, retry_after, Call, Failure, UpstreamResponse};
 use super::{Gateway, RequestCtx};
-use crate::config::runtime::{Model, RetryOn, Target};
 use crate::drain::Cut;
 use crate::error::GatewayError;
 use crate::metering::UsageShown;
@@ -14,6 +13,7 @@ use crate::pipeline::{self, Pipeline};
 use crate::providers::chat::ChatRequest;
 use crate::providers::{ClientFormat, Dialect, Operation, Provider, ProviderKind};
 use crate::proxy::request::{RequestHead, UsageReports};
+use crate::router::{Model, RetryOn, Target};
 use crate::router::{Pick, Planner};
 use crate::upstream::Endpoint;
 use bytes::Bytes;
@@ -299,7 +299,7 @@ fn prepare<'a>(
             .get_or_init(|| client.parse_request(body))
             .as_ref()
             .map_err(Clone::clone)?;
-        let (dialect, translated) = Dialect::translate(kind, chat, target);
+        let (dialect, translated) = Dialect::translate(kind, chat, target.upstream());
         (
             Bytes::from(serde_json::to_vec(&translated).expect("a JSON value serializes")),
             Translation::Translate {

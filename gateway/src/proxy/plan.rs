@@ -3,12 +3,13 @@
 //! strategy's ranking narrow the model's targets into a `Planner`.
 
 use crate::catalog::Tokenizer;
-use crate::config::runtime::{Key, Model};
+use crate::config::runtime::Key;
 use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::providers::Operation;
 use crate::router::context::{self, ContextPolicy};
 use crate::router::geo::resident;
+use crate::router::Model;
 use crate::router::{estimated_costs, Planner, Strategy};
 use crate::tokens::PromptSize;
 use crate::upstream::load::prefix_blocks;

@@ -10,11 +10,11 @@ use crate::error::GatewayError;
 use crate::metering::{
     body_usage, partial_texts, StreamMeter, StreamWire, UsageShown, MAX_METERED_BODY,
 };
-use crate::providers::usage::UsageCounter;
 use crate::providers::anthropic_format;
 use crate::providers::chat::{ChatRequest, StreamEvent};
 use crate::providers::openai_format::{self, StreamRenderer};
 use crate::providers::transcode::{ClientStream, StreamTranscoder};
+use crate::providers::usage::UsageCounter;
 use crate::providers::{ClientFormat, Dialect, ProviderKind};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};

@@ -3,8 +3,8 @@
 //! on failover (Pingora's own retry buffer stops at 64 KiB) and each attempt can send a
 //! differently translated body.
 
-use crate::config::runtime::RetryOn;
 use crate::providers::{self, Operation, Provider};
+use crate::router::RetryOn;
 use crate::upstream::Endpoint;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;

@@ -4,8 +4,8 @@
 //! `max_tokens`, else 0) ≤ the target's context window.
 
 use crate::catalog::Tokenizer;
-use crate::config::runtime::Model;
 use crate::error::GatewayError;
+use crate::router::Model;
 use crate::tokens::{count, off_worker, PromptSize, INLINE_BYTES};
 use bytes::Bytes;
 use serde_json::Value;

@@ -6,13 +6,14 @@
 //! `least-loaded`) chooses the endpoint.
 
 pub mod context;
-pub mod ewma;
 pub mod geo;
 pub mod gpu;
+mod model;
 pub mod rules;
 pub mod weighted;
 
-use crate::config::runtime::{Model, Target};
+pub use model::{Model, RetryOn, RetryPolicy, Target};
+
 use crate::tokens::PromptSize;
 use crate::upstream::load::LoadView;
 use crate::upstream::state::Unavailable;

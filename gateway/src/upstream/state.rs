@@ -1,8 +1,8 @@
 //! What the gateway knows about one endpoint right now: latency, load, cooldown, ejection and
 //! health. It lives with the endpoint, so it survives config reloads that keep the endpoint.
 
+use super::ewma::PeakEwma;
 use super::load::LoadState;
-use crate::router::ewma::PeakEwma;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
