@@ -93,7 +93,7 @@ fn runtime(shape: Shape, strategy: &str, n: usize) -> Runtime {
     let text = config_text(shape, strategy, n);
     let file =
         tollgate::config::parse("bench.yaml", &text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    let rt = tollgate::config::runtime::build("bench.yaml", Path::new("bench.yaml"), file, None)
+    let rt = tollgate::config::build("bench.yaml", Path::new("bench.yaml"), file, None)
         .unwrap_or_else(|e| panic!("{e}"));
     let model = rt.model("m").expect("model m");
     assert_eq!(endpoints(&rt).len(), n);

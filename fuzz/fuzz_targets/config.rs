@@ -1,5 +1,5 @@
 //! `config::parse` on arbitrary text (no environment variables set), then, when it parses,
-//! `config::runtime::build` (validation into the runtime model).
+//! `config::build` (validation into the runtime model).
 //!
 //! Asserts: no panic.
 #![no_main]
@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(file) = tollgate::config::parse("f.yaml", text, &|_| None) else {
         return;
     };
-    let _ = tollgate::config::runtime::build("f.yaml", Path::new("f.yaml"), file, None);
+    let _ = tollgate::config::build("f.yaml", Path::new("f.yaml"), file, None);
 });

@@ -1,11 +1,15 @@
-//! Configuration: the YAML file model (`file`), `${ENV}` expansion (`env`), and the validated
-//! runtime model (`runtime`) that requests read through one `ArcSwap`.
+//! Configuration: the YAML file model (`file`), `${ENV}` expansion (`env`), the validated
+//! runtime model (`runtime`) that requests read through one `ArcSwap`, `build` from the one
+//! to the other (a file per section), and `render` for summaries and `/admin/config`.
 
+mod build;
 pub mod env;
 pub mod file;
+mod render;
 pub mod runtime;
 pub mod units;
 
+pub use build::build;
 pub use runtime::Runtime;
 
 use std::fmt;
@@ -42,7 +46,7 @@ pub fn load(path: &Path, previous: Option<&Runtime>) -> Result<Runtime, ConfigEr
     })?;
     let lookup = |name: &str| std::env::var(name).ok();
     let file = parse(&file_name, &text, &lookup)?;
-    runtime::build(&file_name, path, file, previous)
+    build(&file_name, path, file, previous)
 }
 
 /// A deserializer's message without the string values it quotes (`invalid type: string

@@ -401,7 +401,7 @@ mod tests {
             text += &format!("      - {{ provider: p{p}, model: x, weight: {w} }}\n");
         }
         let file = crate::config::parse("t.yaml", &text, &|_| None).unwrap();
-        match crate::config::runtime::build("t.yaml", Path::new("t.yaml"), file, None) {
+        match crate::config::build("t.yaml", Path::new("t.yaml"), file, None) {
             Ok(rt) => rt,
             Err(e) => panic!("{e}"),
         }
@@ -571,7 +571,7 @@ mod tests {
 
     fn runtime_from(text: &str) -> Runtime {
         let file = crate::config::parse("t.yaml", text, &|_| None).unwrap();
-        match crate::config::runtime::build("t.yaml", Path::new("t.yaml"), file, None) {
+        match crate::config::build("t.yaml", Path::new("t.yaml"), file, None) {
             Ok(rt) => rt,
             Err(e) => panic!("{e}"),
         }
