@@ -3,11 +3,11 @@
 use crate::config::Runtime;
 use crate::control::Control;
 use crate::error::GatewayError;
+use crate::ledger;
 use crate::metrics::Metrics;
 use crate::proxy::request_id;
 use crate::router::gpu::{self, Scoring};
 use crate::upstream::load::LoadView;
-use crate::usage;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
@@ -117,7 +117,7 @@ impl ServeHttp for Admin {
             ("GET", "/admin/stats") => json_reply(200, self.metrics.latency.to_json()),
             ("GET", "/admin/usage") => {
                 let query = session.req_header().uri.query().map(str::to_string);
-                let (status, body) = usage::report(self.ledger.as_ref(), query.as_deref()).await;
+                let (status, body) = ledger::report(self.ledger.as_ref(), query.as_deref()).await;
                 json_reply(status, body)
             }
             ("POST", "/admin/reload") => match self.control.reload("admin API").await {
