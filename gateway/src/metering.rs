@@ -5,7 +5,7 @@ use crate::catalog::Prices;
 use crate::providers::chat::Usage;
 use crate::providers::transcode::UpstreamStream;
 use crate::providers::usage::UsageCounter;
-use crate::providers::{anthropic, openai_upstream, ProviderKind};
+use crate::providers::{anthropic, openai_upstream, ProviderKind, Wire};
 use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -267,10 +267,12 @@ pub fn body_usage(kind: ProviderKind, body: &[u8]) -> Option<Usage> {
     if !usage.is_object() {
         return None;
     }
-    Some(match kind {
-        ProviderKind::Anthropic => anthropic::usage(&usage, Usage::default()),
-        _ => openai_upstream::usage(&usage),
-    })
+    match kind.wire() {
+        Wire::Anthropic => Some(anthropic::usage(&usage, Usage::default())),
+        Wire::OpenAi => Some(openai_upstream::usage(&usage)),
+        // Translated whole, never passed through: their usage is read by their adapter.
+        Wire::Gemini | Wire::Triton => None,
+    }
 }
 
 /// The generated text in a whole answer that cannot be read as JSON (cut short) or reports no

@@ -24,9 +24,7 @@ pub fn request_header(
     let path = format!("{}/v1/messages", endpoint.prefix);
     let mut req = super::json_post(endpoint, &path, body_len)?;
     req.insert_header("anthropic-version", API_VERSION)?;
-    if let Some(key) = &provider.api_key {
-        req.insert_header("x-api-key", key.expose())?;
-    }
+    super::insert_credential(&mut req, provider)?;
     Ok(req)
 }
 

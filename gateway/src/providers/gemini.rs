@@ -35,9 +35,7 @@ pub fn request_header(
         super::path_segment(model)
     );
     let mut req = super::json_post(endpoint, &path, body_len)?;
-    if let Some(key) = &provider.api_key {
-        req.insert_header("x-goog-api-key", key.expose())?;
-    }
+    super::insert_credential(&mut req, provider)?;
     Ok(req)
 }
 
@@ -368,9 +366,8 @@ mod tests {
 
     #[test]
     fn header_has_path_key_and_host() {
-        // The adapter ignores the kind; any will do for building the header.
         let (provider, endpoint) = fixtures::provider(
-            ProviderKind::Anthropic,
+            ProviderKind::Gemini,
             "https://generativelanguage.googleapis.com",
             Some("AIza-key"),
         );

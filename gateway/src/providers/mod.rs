@@ -48,12 +48,52 @@ impl ProviderKind {
         ProviderKind::Triton,
     ];
 
+    /// The wire format it speaks. Everything else a kind is asked is answered from this or
+    /// below, each by one exhaustive match: a new kind cannot slip through a catch-all.
+    pub fn wire(self) -> Wire {
+        match self {
+            ProviderKind::Openai
+            | ProviderKind::AzureOpenai
+            | ProviderKind::Vllm
+            | ProviderKind::Ollama => Wire::OpenAi,
+            ProviderKind::Anthropic => Wire::Anthropic,
+            ProviderKind::Gemini => Wire::Gemini,
+            ProviderKind::Triton => Wire::Triton,
+        }
+    }
+
     /// Takes OpenAI's wire format as it is (only the model name changes).
     pub fn speaks_openai(self) -> bool {
-        !matches!(
-            self,
-            ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Triton
-        )
+        self.wire() == Wire::OpenAi
+    }
+
+    /// Whether a stream can report its running usage on every chunk (vLLM's
+    /// `stream_options.continuous_usage_stats`), so that a stream cut short is still billed
+    /// from the provider's own count.
+    pub fn reports_running_usage(self) -> bool {
+        match self {
+            ProviderKind::Vllm => true,
+            ProviderKind::Openai
+            | ProviderKind::AzureOpenai
+            | ProviderKind::Ollama
+            | ProviderKind::Anthropic
+            | ProviderKind::Gemini
+            | ProviderKind::Triton => false,
+        }
+    }
+
+    /// The header its API key goes in, and the scheme before the key.
+    pub fn credential_header(self) -> (&'static str, &'static str) {
+        match self {
+            ProviderKind::Openai | ProviderKind::Vllm | ProviderKind::Ollama => {
+                ("authorization", "Bearer ")
+            }
+            ProviderKind::AzureOpenai => ("api-key", ""),
+            ProviderKind::Anthropic => ("x-api-key", ""),
+            ProviderKind::Gemini => ("x-goog-api-key", ""),
+            // Triton has no auth of its own; a key is for a proxy in front of it.
+            ProviderKind::Triton => ("authorization", "Bearer "),
+        }
     }
 
     /// Whether this kind can serve `op` at all.
@@ -75,6 +115,27 @@ impl ProviderKind {
 
     pub fn parse(text: &str) -> Option<ProviderKind> {
         Self::ALL.into_iter().find(|k| k.name() == text)
+    }
+}
+
+/// The wire formats providers speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI's chat completions, completions and embeddings.
+    OpenAi,
+    Anthropic,
+    Gemini,
+    Triton,
+}
+
+impl Wire {
+    /// Whether its answers carry the provider's own usage; without it, the gateway counts
+    /// the tokens itself and marks them estimated.
+    pub fn reports_usage(self) -> bool {
+        match self {
+            Wire::OpenAi | Wire::Anthropic | Wire::Gemini => true,
+            Wire::Triton => false,
+        }
     }
 }
 
@@ -197,6 +258,15 @@ pub(crate) fn path_segment(text: &str) -> String {
     out
 }
 
+/// The provider's API key, when it has one, in the header its kind expects.
+fn insert_credential(req: &mut RequestHeader, provider: &Provider) -> pingora::Result<()> {
+    if let Some(key) = &provider.api_key {
+        let (header, scheme) = provider.kind.credential_header();
+        req.insert_header(header, format!("{scheme}{}", key.expose()))?;
+    }
+    Ok(())
+}
+
 /// The upstream request header for one attempt, in the provider's own dialect.
 pub fn request_header(
     provider: &Provider,
@@ -206,15 +276,17 @@ pub fn request_header(
     stream: bool,
     body_len: usize,
 ) -> pingora::Result<RequestHeader> {
-    match provider.kind {
-        ProviderKind::Anthropic => anthropic::request_header(provider, endpoint, body_len),
-        ProviderKind::Gemini => {
+    match provider.kind.wire() {
+        Wire::Anthropic => anthropic::request_header(provider, endpoint, body_len),
+        Wire::Gemini => {
             gemini::request_header(provider, endpoint, upstream_model, stream, body_len)
         }
-        ProviderKind::Triton => {
+        Wire::Triton => {
             triton::request_header(provider, endpoint, upstream_model, stream, body_len)
         }
-        _ => openai_compat::request_header(provider, endpoint, op, upstream_model, body_len),
+        Wire::OpenAi => {
+            openai_compat::request_header(provider, endpoint, op, upstream_model, body_len)
+        }
     }
 }
 
@@ -244,8 +316,8 @@ impl ClientFormat {
     /// Whether a provider of `kind` answers in this format already (bytes pass through).
     pub fn native_to(self, kind: ProviderKind) -> bool {
         match self {
-            ClientFormat::OpenAi => kind.speaks_openai(),
-            ClientFormat::Anthropic => kind == ProviderKind::Anthropic,
+            ClientFormat::OpenAi => kind.wire() == Wire::OpenAi,
+            ClientFormat::Anthropic => kind.wire() == Wire::Anthropic,
         }
     }
 }
@@ -276,26 +348,35 @@ pub struct UpstreamModel<'a> {
 }
 
 impl Dialect {
+    pub fn wire(self) -> Wire {
+        match self {
+            Dialect::OpenAi => Wire::OpenAi,
+            Dialect::Anthropic => Wire::Anthropic,
+            Dialect::Gemini => Wire::Gemini,
+            Dialect::Triton { .. } => Wire::Triton,
+        }
+    }
+
     /// The request body for `upstream` in this dialect, and the dialect to read answers in.
     pub fn translate(
         kind: ProviderKind,
         chat: &ChatRequest,
         upstream: UpstreamModel<'_>,
     ) -> (Dialect, serde_json::Value) {
-        match kind {
-            ProviderKind::Anthropic => (
+        match kind.wire() {
+            Wire::Anthropic => (
                 Dialect::Anthropic,
                 anthropic::request_body(chat, upstream.name, upstream.max_tokens_default),
             ),
-            ProviderKind::Gemini => (Dialect::Gemini, gemini::request_body(chat)),
-            ProviderKind::Triton => (
+            Wire::Gemini => (Dialect::Gemini, gemini::request_body(chat)),
+            Wire::Triton => (
                 Dialect::Triton {
                     template: upstream.prompt_template,
                     tokenizer: upstream.tokenizer,
                 },
                 triton::request_body(chat, upstream.prompt_template),
             ),
-            _ => (
+            Wire::OpenAi => (
                 Dialect::OpenAi,
                 openai_upstream::request_body(chat, upstream.name),
             ),

@@ -18,12 +18,7 @@ pub fn request_header(
 ) -> Result<RequestHeader> {
     let path = upstream_path(provider, endpoint, op, upstream_model);
     let mut req = super::json_post(endpoint, &path, body_len)?;
-    if let Some(key) = &provider.api_key {
-        match provider.kind {
-            ProviderKind::AzureOpenai => req.insert_header("api-key", key.expose())?,
-            _ => req.insert_header("authorization", format!("Bearer {}", key.expose()))?,
-        }
-    }
+    super::insert_credential(&mut req, provider)?;
     Ok(req)
 }
 

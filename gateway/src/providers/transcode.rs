@@ -5,7 +5,7 @@
 use super::chat::StreamEvent;
 use super::openai_format::StreamRenderer;
 use super::usage::UsageCounter;
-use super::{anthropic, anthropic_format, gemini, openai_upstream, triton};
+use super::{anthropic, anthropic_format, gemini, openai_upstream, triton, Wire};
 use bytes::{Bytes, BytesMut};
 use tollgate_plugins::sse::SseParser;
 
@@ -18,6 +18,15 @@ pub enum UpstreamStream {
 }
 
 impl UpstreamStream {
+    pub fn wire(&self) -> Wire {
+        match self {
+            UpstreamStream::OpenAi(_) => Wire::OpenAi,
+            UpstreamStream::Anthropic(_) => Wire::Anthropic,
+            UpstreamStream::Gemini(_) => Wire::Gemini,
+            UpstreamStream::Triton(_) => Wire::Triton,
+        }
+    }
+
     pub fn on_event(&mut self, data: &str, out: &mut Vec<StreamEvent>) {
         match self {
             UpstreamStream::OpenAi(p) => p.on_event(data, out),
@@ -67,10 +76,7 @@ pub struct StreamTranscoder {
 
 impl StreamTranscoder {
     pub fn new(upstream: UpstreamStream, client: ClientStream) -> StreamTranscoder {
-        let counter = match upstream {
-            UpstreamStream::Triton(_) => UsageCounter::estimated_by_adapter(),
-            _ => UsageCounter::default(),
-        };
+        let counter = UsageCounter::for_wire(upstream.wire());
         StreamTranscoder {
             sse: SseParser::new(),
             events: Vec::new(),

@@ -126,10 +126,7 @@ pub fn request_header(
         super::path_segment(upstream_model),
     );
     let mut req = super::json_post(endpoint, &path, body_len)?;
-    // Triton has no auth of its own; a key is for a proxy in front of it.
-    if let Some(key) = &provider.api_key {
-        req.insert_header("authorization", format!("Bearer {}", key.expose()))?;
-    }
+    super::insert_credential(&mut req, provider)?;
     Ok(req)
 }
 
@@ -380,7 +377,7 @@ mod tests {
     }
 
     fn provider(key: Option<&str>) -> (Provider, Arc<Endpoint>) {
-        fixtures::provider(ProviderKind::Vllm, "http://10.0.0.7:8000/triton", key)
+        fixtures::provider(ProviderKind::Triton, "http://10.0.0.7:8000/triton", key)
     }
 
     #[test]

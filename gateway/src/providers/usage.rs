@@ -2,6 +2,7 @@
 //! (the provider's reports, else the text it generated), settled into the usage to bill.
 
 use super::chat::{StreamEvent, Usage};
+use super::Wire;
 use crate::catalog::Tokenizer;
 use crate::tokens::{self, PromptSize, Sample};
 
@@ -33,9 +34,11 @@ impl Default for UsageCounter {
 }
 
 impl UsageCounter {
-    pub fn estimated_by_adapter() -> UsageCounter {
+    /// A counter for answers in `wire`: its figures are estimates when the wire carries no
+    /// usage of the provider's own (the adapter counts).
+    pub fn for_wire(wire: Wire) -> UsageCounter {
         UsageCounter {
-            estimated_by_adapter: true,
+            estimated_by_adapter: !wire.reports_usage(),
             ..UsageCounter::default()
         }
     }

@@ -371,10 +371,12 @@ fn usage_reports(
     let streams_openai = head.stream
         && kind.speaks_openai()
         && matches!(op, Operation::ChatCompletions | Operation::Completions);
-    let wanted = match kind {
-        ProviderKind::Vllm if !head.continuous_usage => UsageReports::Continuous,
-        _ if !head.include_usage => UsageReports::Final,
-        _ => return (None, None),
+    let wanted = if kind.reports_running_usage() && !head.continuous_usage {
+        UsageReports::Continuous
+    } else if !head.include_usage {
+        UsageReports::Final
+    } else {
+        return (None, None);
     };
     if !streams_openai {
         return (None, None);

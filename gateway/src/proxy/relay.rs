@@ -15,7 +15,7 @@ use crate::providers::chat::{ChatRequest, StreamEvent};
 use crate::providers::openai_format::{self, StreamRenderer};
 use crate::providers::transcode::{ClientStream, StreamTranscoder};
 use crate::providers::usage::UsageCounter;
-use crate::providers::{ClientFormat, Dialect, ProviderKind};
+use crate::providers::{ClientFormat, Dialect, ProviderKind, Wire};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
@@ -255,9 +255,10 @@ pub async fn relay(
             BodyFilter::Unmetered
         }
         Translation::None if setup.client_streaming => {
-            let wire = match setup.kind {
-                ProviderKind::Anthropic => StreamWire::Anthropic,
-                _ => StreamWire::OpenAi,
+            let wire = match setup.kind.wire() {
+                Wire::Anthropic => StreamWire::Anthropic,
+                // Gemini and Triton answers are always translated, never passed through.
+                Wire::OpenAi | Wire::Gemini | Wire::Triton => StreamWire::OpenAi,
             };
             BodyFilter::Stream(StreamMeter::new(wire, setup.usage_shown))
         }
@@ -572,10 +573,7 @@ async fn relay_whole(
         let response = dialect.parse_response(&body, chat).map_err(|e| {
             GatewayError::UpstreamFailed(format!("unreadable upstream answer: {e}"))
         })?;
-        let mut counter = match dialect {
-            Dialect::Triton { .. } => UsageCounter::estimated_by_adapter(),
-            _ => UsageCounter::default(),
-        };
+        let mut counter = UsageCounter::for_wire(dialect.wire());
         // An OpenAI-style server that reports nothing leaves zeros: count the text instead.
         if response.usage == Default::default() {
             counter.observe(&StreamEvent::Text(response.text.clone()));
