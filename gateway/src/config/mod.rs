@@ -90,3 +90,67 @@ pub fn parse(
         )
     })
 }
+
+#[cfg(test)]
+mod layering {
+    use std::path::Path;
+
+    /// The non-test code of a source file or of every file below a folder.
+    fn sources(path: &Path) -> Vec<(String, String)> {
+        if path.is_dir() {
+            let mut all = Vec::new();
+            for entry in std::fs::read_dir(path).unwrap() {
+                all.extend(sources(&entry.unwrap().path()));
+            }
+            return all;
+        }
+        let text = std::fs::read_to_string(path).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("").to_string();
+        vec![(path.display().to_string(), code)]
+    }
+
+    /// What `config` builds never imports it back (nor the layers above), and usage metering
+    /// sits above the adapters: no import circles.
+    #[test]
+    fn what_config_builds_never_imports_config() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let below: [(&str, &[&str]); 6] = [
+            (
+                "providers",
+                &[
+                    "crate::config",
+                    "crate::router",
+                    "crate::metering",
+                    "crate::proxy",
+                ],
+            ),
+            (
+                "upstream",
+                &["crate::config", "crate::router", "crate::proxy"],
+            ),
+            (
+                "router",
+                &["crate::config", "crate::proxy", "crate::pipeline"],
+            ),
+            (
+                "catalog.rs",
+                &["crate::config", "crate::router", "crate::providers"],
+            ),
+            (
+                "tokens.rs",
+                &["crate::config", "crate::router", "crate::providers"],
+            ),
+            (
+                "metering.rs",
+                &["crate::config", "crate::router", "crate::proxy"],
+            ),
+        ];
+        for (module, forbidden) in below {
+            for (file, code) in sources(&src.join(module)) {
+                for import in forbidden {
+                    assert!(!code.contains(import), "{file} uses {import}");
+                }
+            }
+        }
+    }
+}
