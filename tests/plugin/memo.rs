@@ -8,6 +8,7 @@
 //!     answers: { "ping": "pong" }          # a last user message exactly this: this answer
 //!     rewrite: { "k8s": "Kubernetes" }     # in every message, before routing
 //!     mask: ["Tollgate"]                   # in answers, as they leave
+//!     end_after: "provider."               # a stream ends after the chunk that says this
 //! ```
 //!
 //! Chat completions only; other operations pass untouched. A masked word split across two
@@ -34,7 +35,12 @@ struct MemoConfig {
     rewrite: BTreeMap<String, String>,
     #[serde(default)]
     mask: Vec<String>,
+    end_after: Option<String>,
 }
+
+/// What the plugin remembers of one request between its phases.
+#[derive(Default)]
+struct Streaming(bool);
 
 pub struct Memo {
     config: MemoConfig,
@@ -64,7 +70,7 @@ impl Plugin for Memo {
     }
 
     fn phases(&self) -> Phases {
-        if self.config.mask.is_empty() {
+        if self.config.mask.is_empty() && self.config.end_after.is_none() {
             Phases::REQUEST
         } else {
             Phases::REQUEST | Phases::CHUNK
@@ -74,11 +80,12 @@ impl Plugin for Memo {
     async fn on_request(
         &self,
         request: &mut Request<'_>,
-        _held: &mut Held,
+        held: &mut Held,
     ) -> Result<Verdict, GatewayError> {
         if request.facts.op != Operation::ChatCompletions {
             return Ok(Verdict::Continue);
         }
+        held.get_or_default::<Streaming>().0 = request.facts.head.stream;
         let Ok(mut body) = serde_json::from_slice::<Value>(request.body()) else {
             return Ok(Verdict::Continue);
         };
@@ -117,7 +124,7 @@ impl Plugin for Memo {
         Ok(Verdict::Continue)
     }
 
-    fn on_chunk(&self, chunk: Bytes, _last: bool, _held: &mut Held) -> ChunkStep {
+    fn on_chunk(&self, chunk: Bytes, _last: bool, held: &mut Held) -> ChunkStep {
         let mut bytes = chunk.to_vec();
         for word in &self.config.mask {
             let word = word.as_bytes();
@@ -127,6 +134,27 @@ impl Plugin for Memo {
                 bytes[start..start + word.len()].fill(b'*');
                 at = start + word.len();
             }
+        }
+        let streaming = held.get::<Streaming>().is_some_and(|s| s.0);
+        let word = self
+            .config
+            .end_after
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes();
+        let found = (streaming && !word.is_empty())
+            .then(|| bytes.windows(word.len()).position(|w| w == word))
+            .flatten();
+        if let Some(at) = found {
+            // Up to the end of the event that says it, then the stream's proper end. Chunks
+            // need not hold whole events: a real plugin would hold back a split one.
+            let end = bytes[at..]
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map_or(bytes.len(), |i| at + i + 2);
+            bytes.truncate(end);
+            bytes.extend_from_slice(b"data: [DONE]\n\n");
+            return ChunkStep::End(Bytes::from(bytes));
         }
         ChunkStep::Send(Bytes::from(bytes))
     }
