@@ -53,21 +53,26 @@ fn check_prints_a_summary_and_rejects_bad_configs_with_exit_2() {
         "providers:\n  - { name: openai, kind: openai, base_url: \"http://127.0.0.1:1\" }\n  - { name: llama-gpu, kind: vllm, base_url: \"http://127.0.0.1:2\" }\nmodels:\n  - name: a\n    targets: [{ provider: openai, model: x }]\n  - name: b\n    targets: [{ provider: opneai, model: x }]\n",
     )
     .unwrap();
+    refused_with_exit_2(
+        &bad,
+        &format!(
+            "{}: models[1].targets[0].provider: unknown provider \"opneai\" (known: openai, llama-gpu)",
+            bad.display()
+        ),
+    );
+}
+
+/// `check` and `serve` both refuse the config at `path` with exit 2, saying `says`.
+fn refused_with_exit_2(path: &std::path::Path, says: &str) {
     for command in ["check", "serve"] {
         let out = Command::new(BIN)
             .args([command, "--config"])
-            .arg(&bad)
+            .arg(path)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{command}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(&format!(
-                "{}: models[1].targets[0].provider: unknown provider \"opneai\" (known: openai, llama-gpu)",
-                bad.display()
-            )),
-            "{command}: {stderr}"
-        );
+        assert!(stderr.contains(says), "{command}: {stderr}");
     }
 }
 
@@ -80,21 +85,10 @@ fn a_misspelt_plugin_section_is_refused() {
         "providers:\n  - { name: openai, kind: openai, base_url: \"http://127.0.0.1:1\" }\nmodels:\n  - name: a\n    targets: [{ provider: openai, model: x }]\nplugins:\n  acess_log: true\n",
     )
     .unwrap();
-    for command in ["check", "serve"] {
-        let out = Command::new(BIN)
-            .args([command, "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{command}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(
-                "plugins.acess_log: unknown plugin (known: access_log, ledger, shared_state)"
-            ),
-            "{command}: {stderr}"
-        );
-    }
+    refused_with_exit_2(
+        &path,
+        "plugins.acess_log: unknown plugin (known: access_log, ledger, shared_state)",
+    );
 }
 
 #[test]
