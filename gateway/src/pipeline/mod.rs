@@ -12,14 +12,15 @@
 //! on_attempt   before each upstream attempt: limits (the provider's own quota)
 //!              each may pass the target over; `attempt_failed` follows an attempt that
 //!              failed before anything reached the client
-//! on_chunk     each chunk in the client's format, before it leaves (no built-in plugin yet)
+//! on_chunk     each chunk in the client's format, before it leaves: a custom build's plugins
 //!              each may rewrite it, hold it back (send nothing now) or end the stream
 //! settle       once per request however it ended, in reverse order:
 //!              access log → ledger → custom plugins → limits (reservations reconciled;
 //!              this may wait on Redis, so it comes last)
 //! ```
 //!
-//! A plugin keeps what it needs across one request's phases in its [`Held`] slot; the core
+//! A plugin names the phases it takes part in ([`Phases`]) and is called in those only.
+//! It keeps what it needs across one request's phases in its [`Held`] slot; the core
 //! never looks inside. A slot is dropped with the request, so a plugin that must give
 //! something back (a reservation) can do it from the slot's destructor as a last resort.
 
