@@ -98,6 +98,10 @@ impl Control {
                 ),
                 ("server.threads", new.server.threads != old.server.threads),
                 ("plugins.ledger", new.ledger != old.ledger),
+                (
+                    "plugins.cache (its store)",
+                    new.cache.map(|c| c.max_bytes) != old.cache.map(|c| c.max_bytes),
+                ),
                 ("plugins.shared_state", new.shared_state != old.shared_state),
             ] {
                 if changed {

@@ -103,6 +103,7 @@ models:
     targets: [{{ provider: triton-gpu, model: llama-3.1-8b-trtllm, prompt_template: llama3 }}]
 plugins:
   ledger: {{ path: "{ledger}" }}
+  cache: {{ ttl: 10m }}
 "#,
         listen = args.listen,
         admin = args.admin_listen,
@@ -163,6 +164,11 @@ fn instructions(args: &DemoArgs, config_path: &str) -> String {
     let _ = writeln!(
         out,
         "  # embeddings\n  curl -s {gw}/v1/embeddings -H 'content-type: application/json' -d '{{\"model\":\"text-embedding-3-small\",\"input\":\"hello\"}}'\n"
+    );
+    let _ = writeln!(
+        out,
+        "  # the first question again: answered from the cache, no upstream call (x-tollgate-cache: hit)\n  {}\n",
+        chat("gpt-4o-mini", false).replacen("curl -s", "curl -si", 1)
     );
     let _ = writeln!(out, "  # models, metrics, what the router knows, running config\n  curl -s {gw}/v1/models\n  curl -s {admin}/metrics | grep tollgate_\n  curl -s {admin}/admin/providers\n  curl -s {admin}/admin/config");
     let _ = writeln!(

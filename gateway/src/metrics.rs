@@ -23,6 +23,10 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// Requests routed while too many endpoints were ejected (ejected ones in use).
     pub panic_routes: IntCounterVec,
+    /// Cache lookups by result: hit, miss, bypass, coalesced.
+    pub cache_requests: IntCounterVec,
+    pub cache_bytes: IntGauge,
+    pub cache_entries: IntGauge,
     pub config_reloads: IntCounterVec,
     pub in_flight: IntGauge,
     pub ejections: IntCounterVec,
@@ -99,6 +103,24 @@ impl Metrics {
                 "Requests routed to ejected endpoints too, because too few were left.",
             ),
             &["model"],
+        )
+        .expect("valid metric");
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_requests_total",
+                "Requests the answer cache looked at, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let cache_bytes = IntGauge::new(
+            "tollgate_cache_bytes",
+            "Bytes the in-memory answer cache holds.",
+        )
+        .expect("valid metric");
+        let cache_entries = IntGauge::new(
+            "tollgate_cache_entries",
+            "Answers the in-memory answer cache holds.",
         )
         .expect("valid metric");
         let config_reloads = IntCounterVec::new(
@@ -240,6 +262,9 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(fallbacks.clone()),
             Box::new(panic_routes.clone()),
+            Box::new(cache_requests.clone()),
+            Box::new(cache_bytes.clone()),
+            Box::new(cache_entries.clone()),
             Box::new(config_reloads.clone()),
             Box::new(in_flight.clone()),
             Box::new(ejections.clone()),
@@ -268,6 +293,9 @@ impl Metrics {
             upstream_errors,
             fallbacks,
             panic_routes,
+            cache_requests,
+            cache_bytes,
+            cache_entries,
             config_reloads,
             in_flight,
             ejections,

@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpSocket;
+use tollgate_plugins::cache::MemoryStore;
 use tollgate_plugins::ledger::Ledger;
 use tollgate_plugins::limits::Limiter;
 
@@ -123,6 +124,12 @@ pub fn run(config_path: PathBuf, runtime: Runtime, extensions: Extensions) -> Re
     let admin_listen = settings.admin_listen;
     let h2c = settings.h2c;
     let client_idle_timeout = settings.client_idle_timeout;
+    // Lives as long as the process, across reloads, like the ledger.
+    let cache_store = runtime.cache.map(|c| {
+        Arc::new(MemoryStore::new(
+            c.max_bytes.try_into().unwrap_or(usize::MAX),
+        ))
+    });
     let ledger = match &runtime.ledger {
         Some(config) => {
             let ledger = Ledger::open(config.clone()).map_err(|e| format!("cannot start: {e}"))?;
@@ -149,6 +156,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime, extensions: Extensions) -> Re
         metrics: metrics.clone(),
         limiter: limiter.clone(),
         ledger: ledger.clone(),
+        cache: cache_store,
         extensions: extensions.clone(),
     });
     let gateway = Gateway::new(runtime.clone(), connector, pipelines, drain.clone());

@@ -3,6 +3,7 @@
 //! request pipeline (`tollgate::pipeline`) runs them at the phases of a request.
 
 pub mod access_log;
+pub mod cache;
 pub mod ledger;
 pub mod limits;
 pub mod sse;

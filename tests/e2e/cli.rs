@@ -87,7 +87,7 @@ fn a_misspelt_plugin_section_is_refused() {
     .unwrap();
     refused_with_exit_2(
         &path,
-        "plugins.acess_log: unknown plugin (known: access_log, ledger, shared_state)",
+        "plugins.acess_log: unknown plugin (known: access_log, cache, ledger, shared_state)",
     );
 }
 
@@ -206,6 +206,10 @@ async fn demo_answers_its_own_curl_lines() {
         "the failover line shows two attempts"
     );
     assert!(all.contains("\"embedding\""));
+    assert!(
+        all.to_lowercase().contains("x-tollgate-cache: hit"),
+        "the repeated question is answered from the cache"
+    );
     assert!(all.contains("tollgate_requests_total"));
     assert!(all.contains("\"ewma_ms\""), "the router's view is printed");
     assert!(

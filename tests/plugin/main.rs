@@ -148,7 +148,7 @@ fn a_bad_plugin_section_is_a_config_error() {
         ),
         (
             "nosuch: {}",
-            "plugins.nosuch: unknown plugin (known: access_log, ledger, shared_state, memo)",
+            "plugins.nosuch: unknown plugin (known: access_log, cache, ledger, shared_state, memo)",
         ),
     ] {
         let path = dir.0.join("bad.yaml");

@@ -170,6 +170,7 @@ fn remembered(model: &str, text: &str, stream: bool) -> Answer {
             status: 200,
             content_type: "text/event-stream",
             body: Bytes::from(format!("data: {chunk}\n\ndata: [DONE]\n\n")),
+            usage: None,
         };
     }
     let body = json!({"id": id, "object": "chat.completion", "created": 0, "model": model,
@@ -179,5 +180,6 @@ fn remembered(model: &str, text: &str, stream: bool) -> Answer {
         status: 200,
         content_type: "application/json",
         body: Bytes::from(body.to_string()),
+        usage: None,
     }
 }

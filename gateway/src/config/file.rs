@@ -67,8 +67,26 @@ pub struct PluginsSection {
     pub ledger: Option<LedgerSection>,
     /// Where limits and budgets live when several replicas share them.
     pub shared_state: Option<SharedStateSection>,
+    /// Answers to repeated requests, from memory.
+    pub cache: Option<CacheSection>,
     #[serde(flatten)]
     pub other: serde_yaml::Mapping,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// `exact`.
+    pub mode: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub ttl: Option<Duration>,
+    /// The in-memory store's bound.
+    #[serde(default, deserialize_with = "de_opt_bytes")]
+    pub max_bytes: Option<u64>,
+    /// `memory`.
+    pub store: Option<String>,
+    /// Who shares entries: key | team | project | global.
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -106,8 +106,10 @@ impl Runtime {
     /// listed on their own).
     fn plugin_names(&self) -> Vec<&str> {
         let access_log = self.access_log.then_some("access_log");
+        let cache = self.cache.map(|_| "cache");
         access_log
             .into_iter()
+            .chain(cache)
             .chain(self.plugin_sections.iter().map(|(name, _)| name.as_str()))
             .collect()
     }

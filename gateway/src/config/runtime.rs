@@ -31,6 +31,9 @@ pub struct Runtime {
     pub plugin_sections: Vec<(String, serde_yaml::Value)>,
     /// Opened once at startup: a change takes effect on restart.
     pub ledger: Option<LedgerConfig>,
+    /// `plugins.cache`; its store is made once at startup (`max_bytes` takes effect on
+    /// restart).
+    pub cache: Option<CacheSettings>,
     /// Limits and budgets of each team that has any.
     pub teams: HashMap<String, Quota>,
     /// Connected once at startup: a change takes effect on restart.
@@ -153,5 +156,33 @@ impl Runtime {
 
     pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
         self.model_index.get(name).map(|&i| &self.models[i])
+    }
+}
+
+/// The answer cache's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CacheSettings {
+    pub ttl: Duration,
+    pub max_bytes: u64,
+    pub scope: CacheScope,
+}
+
+/// Who shares cache entries: tenants never share them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheScope {
+    Key,
+    Team,
+    Project,
+    Global,
+}
+
+impl CacheScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheScope::Key => "key",
+            CacheScope::Team => "team",
+            CacheScope::Project => "project",
+            CacheScope::Global => "global",
+        }
     }
 }

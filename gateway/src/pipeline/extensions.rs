@@ -83,7 +83,7 @@ impl Extensions {
     }
 
     fn unknown(&self) -> String {
-        let mut known = vec!["access_log", "ledger", "shared_state"];
+        let mut known = vec!["access_log", "cache", "ledger", "shared_state"];
         known.extend(self.factories.iter().map(|f| f.name()));
         format!("unknown plugin (known: {})", known.join(", "))
     }

@@ -3,7 +3,7 @@
 //! it ends. The reservations are held in one guard, so no path can forget them.
 
 use super::quota;
-use super::{Attempt, Held, Phases, Plugin, Request, Verdict};
+use super::{Attempt, CacheResult, Held, Phases, Plugin, Request, Verdict};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -164,7 +164,7 @@ impl Plugin for LimitsPlugin {
         let Some(reservations) = held.get::<Reservations>() else {
             return;
         };
-        let actual = quota::actual(outcome.metered);
+        let actual = actual(outcome);
         for grant in reservations.drain() {
             self.limiter.settle(grant, actual, SystemTime::now()).await;
         }
@@ -174,12 +174,21 @@ impl Plugin for LimitsPlugin {
         let Some(reservations) = held.get::<Reservations>() else {
             return;
         };
-        let actual = quota::actual(outcome.metered);
+        let actual = actual(outcome);
         for grant in reservations.drain() {
             self.limiter
                 .settle_detached(grant, actual, SystemTime::now());
         }
     }
+}
+
+/// What the request used of its limits and budgets: a cached answer used no tokens and
+/// cost nothing (it still counted as a request).
+fn actual(outcome: &Settlement<'_>) -> tollgate_plugins::limits::Demand {
+    if outcome.cache == CacheResult::Hit.as_str() {
+        return Default::default();
+    }
+    quota::actual(outcome.metered)
 }
 
 #[cfg(test)]
@@ -268,5 +277,46 @@ mod tests {
             .admit(&subject(&request_quota), MOST, SystemTime::now())
             .await
             .is_err());
+    }
+
+    #[test]
+    fn a_cached_answer_uses_no_tokens_or_budget() {
+        let metered = Some(tollgate_plugins::Metered {
+            usage: tollgate_plugins::Usage {
+                input: 10,
+                cached_input: 0,
+                output: 5,
+            },
+            estimated: false,
+            cost_usd: 0.5,
+        });
+        let outcome = |cache| Settlement {
+            request_id: "r",
+            started_at: SystemTime::UNIX_EPOCH,
+            method: "POST",
+            path: "/v1/chat/completions",
+            key_id: None,
+            team: None,
+            project: None,
+            tags: None,
+            model: Some("m"),
+            provider: None,
+            upstream_model: None,
+            status: 200,
+            attempts: 0,
+            duration: Default::default(),
+            time_to_first_token: None,
+            overhead: Default::default(),
+            cache,
+            metered,
+        };
+        assert_eq!(actual(&outcome("hit")), Demand::default());
+        assert_eq!(
+            actual(&outcome("miss")),
+            Demand {
+                tokens: 15,
+                usd: 0.5
+            }
+        );
     }
 }

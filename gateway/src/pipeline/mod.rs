@@ -6,17 +6,19 @@
 //! ([`Pipeline::for_runtime`]):
 //!
 //! ```text
-//! on_request   before routing: limits (key and team reservations), then a custom build's
-//!              plugins in the order their sections appear under `plugins:`
+//! on_request   before routing: limits (key and team reservations), cache (a hit answers),
+//!              then a custom build's plugins in the order their sections appear under
+//!              `plugins:`
 //!              each may answer, refuse, rewrite the body, or narrow the eligible targets
 //! on_attempt   before each upstream attempt: limits (the provider's own quota)
 //!              each may pass the target over; `attempt_failed` follows an attempt that
 //!              failed before anything reached the client
 //! on_chunk     each chunk in the client's format, before it leaves: a custom build's plugins
 //!              each may rewrite it, hold it back (send nothing now) or end the stream
+//! watch_chunk  then each chunk as it leaves, read only: cache (records a miss's answer)
 //! settle       once per request however it ended, in reverse order:
-//!              access log → ledger → custom plugins → limits (reservations reconciled;
-//!              this may wait on Redis, so it comes last)
+//!              access log → ledger → custom plugins → cache (stores a complete answer)
+//!              → limits (reservations reconciled; this may wait on Redis, so it comes last)
 //! ```
 //!
 //! A plugin names the phases it takes part in ([`Phases`]) and is called in those only.
@@ -25,6 +27,7 @@
 //! something back (a reservation) can do it from the slot's destructor as a last resort.
 
 mod access_log;
+mod cache;
 mod extensions;
 mod ledger;
 mod limits;
@@ -34,6 +37,7 @@ use crate::config::runtime::Key;
 use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::providers::chat::Usage;
 use crate::providers::Operation;
 use crate::proxy::request::RequestHead;
 use crate::router::{Model, Target};
@@ -42,11 +46,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::any::Any;
 use std::sync::Arc;
+use tollgate_plugins::cache::MemoryStore;
 use tollgate_plugins::ledger::Ledger;
 use tollgate_plugins::limits::Limiter;
 use tollgate_plugins::Settlement;
 
 pub use access_log::AccessLogPlugin;
+pub use cache::CachePlugin;
 pub use extensions::{Extensions, PluginFactory};
 pub use ledger::LedgerPlugin;
 pub use limits::LimitsPlugin;
@@ -64,6 +70,8 @@ pub struct Answer {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Bytes,
+    /// The tokens the answer stands for, billed at no cost (a cached answer's).
+    pub usage: Option<Usage>,
 }
 
 /// What `on_chunk` does with a chunk on its way to the client.
@@ -188,8 +196,10 @@ impl Phases {
     pub const REQUEST: Phases = Phases(1);
     /// `on_attempt` and `attempt_failed`.
     pub const ATTEMPT: Phases = Phases(1 << 1);
-    /// `on_chunk`.
+    /// `on_chunk`: may rewrite the answer, so the answer is re-framed (chunked).
     pub const CHUNK: Phases = Phases(1 << 2);
+    /// `watch_chunk`: reads the answer as it leaves, changing nothing.
+    pub const WATCH: Phases = Phases(1 << 5);
     /// `settle_now`, called at the end of every request.
     pub const SETTLE: Phases = Phases(1 << 3);
     /// `settle`, awaited at the end of a request that reaches it; `settle_now` still serves
@@ -267,6 +277,10 @@ pub trait Plugin: Send + Sync {
         ChunkStep::Send(chunk)
     }
 
+    /// Each chunk of the answer as it leaves, after every `on_chunk`; `last` once the
+    /// answer is complete (a cut answer never sees it).
+    fn watch_chunk(&self, _chunk: &Bytes, _last: bool, _held: &mut Held) {}
+
     /// Once per request, after the last byte or the disconnect, for a plugin that must wait
     /// there (on Redis, say): `Phases::SETTLE_WAITS`.
     async fn settle(&self, _outcome: &Settlement<'_>, _held: &mut Held) {}
@@ -282,6 +296,8 @@ pub struct Engines {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub ledger: Option<Arc<Ledger>>,
+    /// The answer cache's store, when the config at startup had one.
+    pub cache: Option<Arc<MemoryStore>>,
     /// The plugins a custom build adds.
     pub extensions: Extensions,
 }
@@ -302,6 +318,13 @@ impl Pipeline {
             engines.limiter.clone(),
             engines.metrics.clone(),
         ))];
+        if let (Some(store), Some(settings)) = (&engines.cache, rt.cache) {
+            plugins.push(Arc::new(CachePlugin::new(
+                store.clone(),
+                engines.metrics.clone(),
+                settings,
+            )));
+        }
         match engines.extensions.build(rt) {
             Ok(extensions) => plugins.extend(extensions),
             // Checked before the config was swapped in; a failure now leaves the plugin out.
@@ -394,19 +417,33 @@ impl Pipeline {
 
     /// Whether any plugin looks at the answer's chunks (else the relay skips the phase).
     pub fn sees_chunks(&self) -> bool {
+        self.any.has(Phases::CHUNK) || self.any.has(Phases::WATCH)
+    }
+
+    /// Whether any plugin may rewrite the answer's chunks (so its length is not known).
+    pub fn rewrites_chunks(&self) -> bool {
         self.any.has(Phases::CHUNK)
     }
 
     /// Runs `on_chunk` in order: each plugin sees what the one before let through. `None`
     /// unless a plugin ended the stream.
     pub fn on_chunk(&self, mut chunk: Bytes, last: bool, held: &mut [Held]) -> (Bytes, bool) {
+        let mut ended = false;
         for (plugin, held) in self.taking_part(Phases::CHUNK, held) {
             match plugin.on_chunk(chunk, last, held) {
                 ChunkStep::Send(bytes) => chunk = bytes,
-                ChunkStep::End(bytes) => return (bytes, true),
+                ChunkStep::End(bytes) => {
+                    chunk = bytes;
+                    ended = true;
+                    break;
+                }
             }
         }
-        (chunk, false)
+        // An answer a plugin ended is not complete: watchers never see it end.
+        for (plugin, held) in self.taking_part(Phases::WATCH, held) {
+            plugin.watch_chunk(&chunk, last && !ended, held);
+        }
+        (chunk, ended)
     }
 
     /// Settles every plugin, in reverse order.

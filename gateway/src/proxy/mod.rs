@@ -349,6 +349,11 @@ impl Gateway {
         if let Verdict::Answer(answer) = verdict {
             ctx.stages
                 .add(Stage::Admission, admission_started.elapsed());
+            if let Some(usage) = answer.usage {
+                let mut counter = UsageCounter::default();
+                counter.report(usage);
+                ctx.usage = Some(counter);
+            }
             return respond::answer(session, ctx, answer)
                 .await
                 .map_err(|_| GatewayError::ClientGone);

@@ -316,10 +316,9 @@ async fn relay_body(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
         || client_streaming;
+    let rewritten = ctx.pipeline.as_ref().is_some_and(|p| p.rewrites_chunks());
     let resp = match filter {
-        _ if plugins_see_chunks(ctx) => {
-            client_header(ctx, status, Some(header), None, Length::Rewritten)?
-        }
+        _ if rewritten => client_header(ctx, status, Some(header), None, Length::Rewritten)?,
         BodyFilter::Transcode(_) => client_header(
             ctx,
             status,

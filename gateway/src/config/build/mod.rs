@@ -17,7 +17,7 @@ use crate::router::Model;
 use keys::{build_key, build_quota};
 use models::build_model;
 use providers::build_provider;
-use server::{build_ledger, build_server, build_shared_state};
+use server::{build_cache, build_ledger, build_server, build_shared_state};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -188,6 +188,11 @@ pub fn build(
         .shared_state
         .map(|s| build_shared_state(&cx, s))
         .transpose()?;
+    let cache = file
+        .plugins
+        .cache
+        .map(|c| build_cache(&cx, c))
+        .transpose()?;
     let mut teams = HashMap::new();
     for (name, team) in file.teams {
         let path = format!("teams.{name}");
@@ -207,6 +212,7 @@ pub fn build(
         access_log: file.plugins.access_log == Some(true),
         plugin_sections,
         ledger,
+        cache,
         teams,
         shared_state,
         geo,

@@ -1,8 +1,8 @@
 //! The `server:` section, and the plugins' `ledger` and `shared_state`.
 
 use super::Ctx;
-use crate::config::file::{LedgerSection, ServerSection, SharedStateSection};
-use crate::config::runtime::{ServerSettings, SharedState};
+use crate::config::file::{CacheSection, LedgerSection, ServerSection, SharedStateSection};
+use crate::config::runtime::{CacheScope, CacheSettings, ServerSettings, SharedState};
 use crate::config::ConfigError;
 use crate::secret::Secret;
 use std::net::SocketAddr;
@@ -147,5 +147,56 @@ pub(super) fn build_server(cx: &Ctx, s: ServerSection) -> Result<ServerSettings,
         h2c: s.h2c.unwrap_or(true),
         open_data_plane: s.open_data_plane.unwrap_or(false),
         open_admin: s.open_admin.unwrap_or(false),
+    })
+}
+
+/// How long an answer stays in the cache unless the config says.
+const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
+/// The in-memory store's bound unless the config says.
+const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+pub(super) fn build_cache(cx: &Ctx, c: CacheSection) -> Result<CacheSettings, ConfigError> {
+    match c.mode.as_deref() {
+        None | Some("exact") => {}
+        Some(_) => {
+            return Err(cx.err(
+                "plugins.cache.mode",
+                "expected exact (semantic matching is not in this build yet)",
+            ))
+        }
+    }
+    match c.store.as_deref() {
+        None | Some("memory") => {}
+        Some(_) => {
+            return Err(cx.err(
+                "plugins.cache.store",
+                "expected memory (a Redis store is not in this build yet)",
+            ))
+        }
+    }
+    let scope = match c.scope.as_deref() {
+        None | Some("team") => CacheScope::Team,
+        Some("key") => CacheScope::Key,
+        Some("project") => CacheScope::Project,
+        Some("global") => CacheScope::Global,
+        Some(_) => {
+            return Err(cx.err(
+                "plugins.cache.scope",
+                "expected key, team, project or global",
+            ))
+        }
+    };
+    let ttl = c.ttl.unwrap_or(DEFAULT_CACHE_TTL);
+    if ttl.is_zero() {
+        return Err(cx.err("plugins.cache.ttl", "must be above zero"));
+    }
+    let max_bytes = c.max_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
+    if max_bytes == 0 {
+        return Err(cx.err("plugins.cache.max_bytes", "must be above zero"));
+    }
+    Ok(CacheSettings {
+        ttl,
+        max_bytes,
+        scope,
     })
 }

@@ -1,0 +1,253 @@
+//! The answer cache (`plugins.cache`, exact matches in memory): hits in any format and mode,
+//! tenants apart, the client's controls, and what a hit costs.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+fn config(mock: &Mock, ledger: &Path) -> String {
+    format!(
+        "providers:\n{}models:\n  - name: m\n    targets: [{{ provider: up, model: gpt-4o }}]\n\
+         keys:\n  - {{ id: a, key: sk-a, team: red, limits: {{ tpm: 1000000 }} }}\n  - {{ id: a2, key: sk-a2, team: red }}\n  - {{ id: b, key: sk-b, team: blue }}\n\
+         plugins:\n  cache: {{ ttl: 1h, scope: team }}\n  ledger: {{ path: \"{}\", flush_every: 10ms }}\n",
+        provider("up", &mock.url()),
+        ledger.display()
+    )
+}
+
+async fn post(
+    gw: &Gateway,
+    path: &str,
+    key: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(gw.url(path))
+        .bearer_auth(key)
+        .json(&body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+fn chat(prompt: &str, stream: bool) -> Value {
+    json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": prompt}]})
+}
+
+fn cache_header(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-tollgate-cache")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// The `data:` payloads of an SSE body.
+fn events(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_requests_are_answered_from_cache_in_the_clients_format_and_mode() {
+    let mock = Mock::start(&["--completion-tokens", "5"]);
+    let dir = TempDir::new("cache");
+    let db = dir.0.join("usage.db");
+    let gw = Gateway::start(&config(&mock, &db)).await;
+    let question = "What is Kubernetes?";
+
+    // A miss goes upstream and stores the answer.
+    let first = post(
+        &gw,
+        "/v1/chat/completions",
+        "sk-a",
+        chat(question, false),
+        &[],
+    )
+    .await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(cache_header(&first), "miss");
+    let first: Value = first.json().await.unwrap();
+    let text = first["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(mock.requests().await.len(), 1);
+
+    // The same question, whole: the same answer, and no upstream call.
+    let again = post(
+        &gw,
+        "/v1/chat/completions",
+        "sk-a",
+        chat(question, false),
+        &[],
+    )
+    .await;
+    assert_eq!(cache_header(&again), "hit");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["choices"][0]["message"]["content"], text.as_str());
+    for count in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(again["usage"][count], first["usage"][count]);
+    }
+
+    // Streamed, with usage asked for; another key of the same team shares the entry.
+    let mut streamed = chat(question, true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let resp = post(&gw, "/v1/chat/completions", "sk-a2", streamed, &[]).await;
+    assert_eq!(cache_header(&resp), "hit");
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let body = resp.text().await.unwrap();
+    let data = events(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let streamed_text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed_text, text);
+    let usage = &chunks.last().unwrap()["usage"];
+    for count in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage[count], first["usage"][count], "{body}");
+    }
+    assert_eq!(mock.requests().await.len(), 1);
+
+    // Another team never sees the red team's entries.
+    let other = post(
+        &gw,
+        "/v1/chat/completions",
+        "sk-b",
+        chat(question, false),
+        &[],
+    )
+    .await;
+    assert_eq!(cache_header(&other), "miss");
+    assert_eq!(mock.requests().await.len(), 2);
+
+    // The client's controls: no-store neither reads nor stores, no-cache stores without
+    // reading; n > 1 is never cached.
+    let fresh = "A question never asked";
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        "sk-a",
+        chat(fresh, false),
+        &[("cache-control", "no-store")],
+    )
+    .await;
+    assert_eq!(cache_header(&resp), "bypass");
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        "sk-a",
+        chat(fresh, false),
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(cache_header(&resp), "bypass");
+    let resp = post(&gw, "/v1/chat/completions", "sk-a", chat(fresh, false), &[]).await;
+    assert_eq!(
+        cache_header(&resp),
+        "hit",
+        "no-cache still stored the answer"
+    );
+    let mut two = chat(question, false);
+    two["n"] = json!(2);
+    let resp = post(&gw, "/v1/chat/completions", "sk-a", two, &[]).await;
+    assert_eq!(cache_header(&resp), "bypass");
+    assert_eq!(mock.requests().await.len(), 5);
+
+    // Anthropic-format clients: a whole answer stored, a stream served from it.
+    let messages = |stream: bool| {
+        json!({"model": "m", "max_tokens": 64, "stream": stream,
+               "messages": [{"role": "user", "content": "Tell me about caches"}]})
+    };
+    let resp = post(&gw, "/v1/messages", "sk-a", messages(false), &[]).await;
+    assert_eq!(cache_header(&resp), "miss");
+    let whole: Value = resp.json().await.unwrap();
+    let resp = post(&gw, "/v1/messages", "sk-a", messages(true), &[]).await;
+    assert_eq!(cache_header(&resp), "hit");
+    let body = resp.text().await.unwrap();
+    assert!(body.starts_with("event: message_start\n"), "{body}");
+    assert!(
+        body.trim_end()
+            .ends_with("data: {\"type\":\"message_stop\"}"),
+        "{body}"
+    );
+    let streamed_text: String = events(&body)
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|e| e["delta"]["text"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        Some(streamed_text.as_str()),
+        whole["content"][0]["text"].as_str()
+    );
+    assert_eq!(mock.requests().await.len(), 6);
+
+    // Counted: hits in metrics, and in the ledger at no cost with the original tokens.
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("tollgate_cache_requests_total{result=\"hit\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_cache_requests_total{result=\"miss\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_cache_requests_total{result=\"bypass\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tollgate_cache_entries 4"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "tollgate_requests_total{cache=\"hit\",model=\"m\",provider=\"\",status=\"200\"} 4"
+        ),
+        "{metrics}"
+    );
+    let rows = || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut statement = conn
+            .prepare(
+                "SELECT cache, cost_usd, input_tokens, output_tokens FROM requests ORDER BY ts",
+            )
+            .unwrap();
+        statement
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, f64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    assert!(eventually(Duration::from_secs(5), || async { rows().len() == 10 }).await);
+    let rows = rows();
+    let first_row = &rows[0];
+    assert_eq!(first_row.0, "miss");
+    for hit in rows.iter().filter(|r| r.0 == "hit") {
+        assert_eq!(hit.1, 0.0, "{hit:?}");
+        assert!(hit.3 > 0, "a hit keeps the original token counts: {hit:?}");
+    }
+    assert_eq!(rows.iter().filter(|r| r.0 == "hit").count(), 4);
+    let (first_hit_tokens, miss_tokens) = (
+        rows.iter().find(|r| r.0 == "hit").map(|r| (r.2, r.3)),
+        Some((first_row.2, first_row.3)),
+    );
+    assert_eq!(first_hit_tokens, miss_tokens);
+}
