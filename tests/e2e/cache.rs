@@ -44,6 +44,17 @@ fn cache_header(resp: &reqwest::Response) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until the cache holds `entries` answers: an answer is stored once its request has
+/// settled, just after its last byte reached the client.
+async fn stored(gw: &Gateway, entries: usize) {
+    let line = format!("tollgate_cache_entries {entries}\n");
+    let done = eventually(Duration::from_secs(5), || async {
+        gw.metrics().await.contains(&line)
+    })
+    .await;
+    assert!(done, "{}", gw.metrics().await);
+}
+
 /// The `data:` payloads of an SSE body.
 fn events(body: &str) -> Vec<String> {
     body.lines()
@@ -77,6 +88,7 @@ async fn repeated_requests_are_answered_from_cache_in_the_clients_format_and_mod
         .unwrap()
         .to_string();
     assert_eq!(mock.requests().await.len(), 1);
+    stored(&gw, 1).await;
 
     // The same question, whole: the same answer, and no upstream call.
     let again = post(
@@ -133,6 +145,7 @@ async fn repeated_requests_are_answered_from_cache_in_the_clients_format_and_mod
     .await;
     assert_eq!(cache_header(&other), "miss");
     assert_eq!(mock.requests().await.len(), 2);
+    stored(&gw, 2).await;
 
     // The client's controls: no-store neither reads nor stores, no-cache stores without
     // reading; n > 1 is never cached.
@@ -155,6 +168,7 @@ async fn repeated_requests_are_answered_from_cache_in_the_clients_format_and_mod
     )
     .await;
     assert_eq!(cache_header(&resp), "bypass");
+    stored(&gw, 3).await;
     let resp = post(&gw, "/v1/chat/completions", "sk-a", chat(fresh, false), &[]).await;
     assert_eq!(
         cache_header(&resp),
@@ -175,6 +189,7 @@ async fn repeated_requests_are_answered_from_cache_in_the_clients_format_and_mod
     let resp = post(&gw, "/v1/messages", "sk-a", messages(false), &[]).await;
     assert_eq!(cache_header(&resp), "miss");
     let whole: Value = resp.json().await.unwrap();
+    stored(&gw, 4).await;
     let resp = post(&gw, "/v1/messages", "sk-a", messages(true), &[]).await;
     assert_eq!(cache_header(&resp), "hit");
     let body = resp.text().await.unwrap();
@@ -195,7 +210,13 @@ async fn repeated_requests_are_answered_from_cache_in_the_clients_format_and_mod
     );
     assert_eq!(mock.requests().await.len(), 6);
 
-    // Counted: hits in metrics, and in the ledger at no cost with the original tokens.
+    // Counted: hits in metrics, and in the ledger at no cost with the original tokens (once
+    // the last request has settled, after its last byte).
+    let settled = eventually(Duration::from_secs(5), || async {
+        gw.metrics().await.contains("tollgate_cache_entries 4")
+    })
+    .await;
+    assert!(settled);
     let metrics = gw.metrics().await;
     assert!(
         metrics.contains("tollgate_cache_requests_total{result=\"hit\"} 4"),
@@ -250,4 +271,29 @@ async fn repeated_requests_are_answered_from_cache_in_the_clients_format_and_mod
         Some((first_row.2, first_row.3)),
     );
     assert_eq!(first_hit_tokens, miss_tokens);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_with_cache_off_is_never_cached() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - name: raw\n    cache: off\n    targets: [{{ provider: up, model: gpt-4o }}]\n\
+         plugins:\n  cache: {{ scope: global }}\n",
+        provider("up", &mock.url())
+    ))
+    .await;
+    for _ in 0..2 {
+        let resp = gw.chat("raw", false).await;
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("x-tollgate-cache").is_none());
+    }
+    assert_eq!(mock.requests().await.len(), 2);
+    // Counted once each has settled, after its last byte.
+    let counted =
+        "tollgate_requests_total{cache=\"off\",model=\"raw\",provider=\"up\",status=\"200\"} 2";
+    let settled = eventually(Duration::from_secs(5), || async {
+        gw.metrics().await.contains(counted)
+    })
+    .await;
+    assert!(settled, "{}", gw.metrics().await);
 }

@@ -303,6 +303,8 @@ pub struct ModelSection {
     /// Below this fraction of its healthy endpoints not ejected, the model routes to ejected
     /// ones too (Envoy's panic threshold); 0 turns it off.
     pub panic_threshold: Option<f64>,
+    /// `off`: the answer cache leaves this model's requests alone.
+    pub cache: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

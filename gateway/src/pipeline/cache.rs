@@ -116,6 +116,9 @@ impl Plugin for CachePlugin {
         held: &mut Held,
     ) -> Result<Verdict, GatewayError> {
         let facts = request.facts;
+        if !facts.model.cache {
+            return Ok(Verdict::Continue);
+        }
         let format = match facts.op {
             Operation::ChatCompletions => ClientFormat::OpenAi,
             Operation::Messages => ClientFormat::Anthropic,

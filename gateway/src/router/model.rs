@@ -30,6 +30,8 @@ pub struct Model {
     /// Below this fraction of the model's healthy endpoints not ejected, ejected endpoints
     /// take traffic again rather than leave the survivors a flood or the client a 503.
     pub panic_threshold: f64,
+    /// Whether the answer cache may answer and store this model's requests.
+    pub cache: bool,
 }
 
 pub struct Target {

@@ -282,6 +282,11 @@ pub(super) fn build_model(
             "must be a fraction from 0 to 1 (0 turns panic routing off)",
         ));
     }
+    let cache = match s.cache.as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(_) => return Err(cx.err(format!("{path}.cache"), "expected on or off")),
+    };
     Ok(Model {
         name: s.name,
         strategy,
@@ -293,5 +298,6 @@ pub(super) fn build_model(
         targets,
         retry,
         panic_threshold,
+        cache,
     })
 }
