@@ -100,7 +100,8 @@ impl Control {
                 ("plugins.ledger", new.ledger != old.ledger),
                 (
                     "plugins.cache (its store)",
-                    new.cache.map(|c| c.max_bytes) != old.cache.map(|c| c.max_bytes),
+                    new.cache.map(|c| (c.max_bytes, c.shared))
+                        != old.cache.map(|c| (c.max_bytes, c.shared)),
                 ),
                 ("plugins.shared_state", new.shared_state != old.shared_state),
             ] {

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Cache lookups by result: hit, miss, bypass, coalesced.
     pub cache_requests: IntCounterVec,
     pub cache_bytes: IntGauge,
+    /// Calls to the cache's shared store that failed (the cache was skipped), by operation.
+    pub cache_errors: IntCounterVec,
     pub cache_entries: IntGauge,
     pub config_reloads: IntCounterVec,
     pub in_flight: IntGauge,
@@ -116,6 +118,14 @@ impl Metrics {
         let cache_bytes = IntGauge::new(
             "tollgate_cache_bytes",
             "Bytes the in-memory answer cache holds.",
+        )
+        .expect("valid metric");
+        let cache_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_errors_total",
+                "Calls to the answer cache's shared store that failed, by operation.",
+            ),
+            &["op"],
         )
         .expect("valid metric");
         let cache_entries = IntGauge::new(
@@ -264,6 +274,7 @@ impl Metrics {
             Box::new(panic_routes.clone()),
             Box::new(cache_requests.clone()),
             Box::new(cache_bytes.clone()),
+            Box::new(cache_errors.clone()),
             Box::new(cache_entries.clone()),
             Box::new(config_reloads.clone()),
             Box::new(in_flight.clone()),
@@ -295,6 +306,7 @@ impl Metrics {
             panic_routes,
             cache_requests,
             cache_bytes,
+            cache_errors,
             cache_entries,
             config_reloads,
             in_flight,

@@ -9,7 +9,7 @@ use crate::health::HealthChecker;
 use crate::idle::IdleDeadline;
 use crate::ledger::LedgerCloser;
 use crate::metrics::Metrics;
-use crate::pipeline::{Engines, Extensions, Pipelines};
+use crate::pipeline::{CacheStore, Engines, Extensions, Pipelines};
 use crate::proxy::Gateway;
 use crate::router::Strategy;
 use crate::scrape::LoadScraper;
@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpSocket;
-use tollgate_plugins::cache::MemoryStore;
+use tollgate_plugins::cache::{MemoryStore, RedisStore};
 use tollgate_plugins::ledger::Ledger;
 use tollgate_plugins::limits::Limiter;
 
@@ -125,11 +125,16 @@ pub fn run(config_path: PathBuf, runtime: Runtime, extensions: Extensions) -> Re
     let h2c = settings.h2c;
     let client_idle_timeout = settings.client_idle_timeout;
     // Lives as long as the process, across reloads, like the ledger.
-    let cache_store = runtime.cache.map(|c| {
-        Arc::new(MemoryStore::new(
+    let cache_store = match (runtime.cache, &runtime.shared_state) {
+        (Some(c), Some(shared)) if c.shared => Some(CacheStore::Redis(Arc::new(
+            RedisStore::new(shared.redis.expose(), shared.timeout)
+                .map_err(|e| format!("cannot start: {e}"))?,
+        ))),
+        (Some(c), _) => Some(CacheStore::Memory(Arc::new(MemoryStore::new(
             c.max_bytes.try_into().unwrap_or(usize::MAX),
-        ))
-    });
+        )))),
+        (None, _) => None,
+    };
     let ledger = match &runtime.ledger {
         Some(config) => {
             let ledger = Ledger::open(config.clone()).map_err(|e| format!("cannot start: {e}"))?;

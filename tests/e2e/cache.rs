@@ -2,6 +2,7 @@
 //! tenants apart, the client's controls, and what a hit costs.
 
 use crate::harness::*;
+use crate::limits::Redis;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -296,4 +297,71 @@ async fn a_model_with_cache_off_is_never_cached() {
     })
     .await;
     assert!(settled, "{}", gw.metrics().await);
+}
+
+/// How many answers the cache holds in `redis`.
+fn redis_entries(redis: &Redis) -> usize {
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            "tollgate:cache:*",
+        ])
+        .output()
+        .expect("redis-cli comes with redis-server");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_share_one_cache_in_redis_and_work_on_without_it() {
+    let mut redis = Redis::start();
+    let mock = Mock::start(&["--completion-tokens", "5"]);
+    let config = format!(
+        "providers:\n{}models:\n  - name: m\n    targets: [{{ provider: up, model: gpt-4o }}]\n\
+         plugins:\n  shared_state: {{ redis: \"{}\", timeout: 300ms }}\n  cache: {{ store: redis, scope: global, ttl: 2s }}\n",
+        provider("up", &mock.url()),
+        redis.url()
+    );
+    let (first, second) = (Gateway::start(&config).await, Gateway::start(&config).await);
+    let body = chat("Shared across replicas?", false);
+
+    let resp = post(&first, "/v1/chat/completions", "", body.clone(), &[]).await;
+    assert_eq!(cache_header(&resp), "miss");
+    let stored: Value = resp.json().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            redis_entries(&redis) == 1
+        })
+        .await
+    );
+
+    // The other replica answers what the first stored.
+    let resp = post(&second, "/v1/chat/completions", "", body.clone(), &[]).await;
+    assert_eq!(cache_header(&resp), "hit");
+    let hit: Value = resp.json().await.unwrap();
+    assert_eq!(hit["id"], stored["id"]);
+    assert_eq!(mock.requests().await.len(), 1);
+
+    // Redis expires the entry with its time to live.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(redis_entries(&redis), 0);
+    let resp = post(&second, "/v1/chat/completions", "", body.clone(), &[]).await;
+    assert_eq!(cache_header(&resp), "miss");
+    assert_eq!(mock.requests().await.len(), 2);
+
+    // Without Redis the cache is skipped and counted; requests never fail for it.
+    redis.stop();
+    for _ in 0..3 {
+        let resp = post(&first, "/v1/chat/completions", "", body.clone(), &[]).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(cache_header(&resp), "bypass");
+    }
+    assert_eq!(mock.requests().await.len(), 5);
+    let metrics = first.metrics().await;
+    assert!(
+        metrics.contains("tollgate_cache_errors_total{op=\"get\"} 3"),
+        "{metrics}"
+    );
 }

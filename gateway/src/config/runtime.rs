@@ -165,6 +165,8 @@ pub struct CacheSettings {
     pub ttl: Duration,
     pub max_bytes: u64,
     pub scope: CacheScope,
+    /// Where entries live: this process's memory, or Redis for every replica.
+    pub shared: bool,
 }
 
 /// Who shares cache entries: tenants never share them.

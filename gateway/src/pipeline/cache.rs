@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tollgate_plugins::cache::{CacheKey, MemoryStore};
+use tollgate_plugins::cache::{CacheKey, MemoryStore, RedisStore, StoreError};
 use tollgate_plugins::sse::SseParser;
 use tollgate_plugins::Settlement;
 
@@ -26,9 +26,17 @@ use tollgate_plugins::Settlement;
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 pub struct CachePlugin {
-    store: Arc<MemoryStore>,
+    store: CacheStore,
     metrics: Arc<Metrics>,
     settings: CacheSettings,
+}
+
+/// Where the entries live; made once per process.
+#[derive(Clone)]
+pub enum CacheStore {
+    Memory(Arc<MemoryStore>),
+    /// Shared by every replica.
+    Redis(Arc<RedisStore>),
 }
 
 /// A cached answer: what the chat model needs to render it in any client format.
@@ -55,7 +63,7 @@ struct Recording {
 }
 
 impl CachePlugin {
-    pub fn new(store: Arc<MemoryStore>, metrics: Arc<Metrics>, settings: CacheSettings) -> Self {
+    pub fn new(store: CacheStore, metrics: Arc<Metrics>, settings: CacheSettings) -> Self {
         CachePlugin {
             store,
             metrics,
@@ -72,9 +80,41 @@ impl CachePlugin {
         request.add_response_headers(vec![("x-tollgate-cache", result.as_str().to_string())]);
     }
 
-    fn gauges(&self) {
-        self.metrics.cache_bytes.set(self.store.bytes() as i64);
-        self.metrics.cache_entries.set(self.store.entries() as i64);
+    /// The entry under `key`.
+    async fn get(&self, key: &CacheKey) -> Result<Option<Cached>, StoreError> {
+        let bytes = match &self.store {
+            CacheStore::Memory(store) => store.get(key, Instant::now()).map(|b| b.to_vec()),
+            CacheStore::Redis(store) => store.get(key).await?,
+        };
+        Ok(bytes.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    fn failed(&self, op: &str, e: &StoreError) {
+        log::warn!("answer cache: {op}: {e}");
+        self.metrics.cache_errors.with_label_values(&[op]).inc();
+    }
+
+    /// The entry a complete, successful answer makes; `None` for any other.
+    fn entry(&self, outcome: &Settlement<'_>, held: &mut Held) -> Option<(CacheKey, Vec<u8>)> {
+        let recording = held.get::<Option<Recording>>()?.take()?;
+        if outcome.status != 200 || !recording.complete || recording.too_large {
+            return None;
+        }
+        let answer = read_answer(&recording)?;
+        let usage = outcome.metered.map_or(answer.usage, |m| m.usage);
+        let cached = Cached {
+            id: answer.id,
+            model: answer.model,
+            text: answer.text,
+            tool_calls: answer
+                .tool_calls
+                .into_iter()
+                .map(|c| (c.id, c.name, c.arguments))
+                .collect(),
+            finish: answer.finish.openai().to_string(),
+            usage: [usage.input, usage.cached_input, usage.output],
+        };
+        Some((recording.key, serde_json::to_vec(&cached).ok()?))
     }
 
     /// The tenant whose entries the request may use: never another's.
@@ -107,7 +147,10 @@ impl Plugin for CachePlugin {
     }
 
     fn phases(&self) -> Phases {
-        Phases::REQUEST | Phases::WATCH | Phases::SETTLE
+        match self.store {
+            CacheStore::Memory(_) => Phases::REQUEST | Phases::WATCH | Phases::SETTLE,
+            CacheStore::Redis(_) => Phases::REQUEST | Phases::WATCH | Phases::SETTLE_WAITS,
+        }
     }
 
     async fn on_request(
@@ -141,10 +184,16 @@ impl Plugin for CachePlugin {
             return Ok(Verdict::Continue);
         };
         if !no_cache {
-            let found = self.store.get(&key, Instant::now());
-            if let Some(cached) =
-                found.and_then(|bytes| serde_json::from_slice::<Cached>(&bytes).ok())
-            {
+            let found = match self.get(&key).await {
+                Ok(found) => found,
+                Err(e) => {
+                    // Skipped, never failed for: the request goes upstream, unrecorded.
+                    self.failed("get", &e);
+                    self.count(request, CacheResult::Bypass);
+                    return Ok(Verdict::Continue);
+                }
+            };
+            if let Some(cached) = found {
                 self.count(request, CacheResult::Hit);
                 let include_usage = facts.head.include_usage;
                 return Ok(Verdict::Answer(render(
@@ -186,39 +235,28 @@ impl Plugin for CachePlugin {
         recording.complete |= last;
     }
 
-    fn settle_now(&self, outcome: &Settlement<'_>, held: &mut Held) {
-        let Some(Some(recording)) = held.get::<Option<Recording>>().map(Option::take) else {
+    async fn settle(&self, outcome: &Settlement<'_>, held: &mut Held) {
+        let (CacheStore::Redis(store), Some((key, value))) =
+            (&self.store, self.entry(outcome, held))
+        else {
             return;
         };
-        if outcome.status != 200 || !recording.complete || recording.too_large {
-            return;
+        if let Err(e) = store.put(&key, &value, self.settings.ttl).await {
+            self.failed("put", &e);
         }
-        let Some(answer) = read_answer(&recording) else {
+    }
+
+    fn settle_now(&self, outcome: &Settlement<'_>, held: &mut Held) {
+        // The shared store is written only by `settle`: a request dropped before it is not
+        // worth a wait.
+        let CacheStore::Memory(store) = &self.store else {
             return;
         };
-        let usage = outcome.metered.map_or(answer.usage, |m| m.usage);
-        let cached = Cached {
-            id: answer.id,
-            model: answer.model,
-            text: answer.text,
-            tool_calls: answer
-                .tool_calls
-                .into_iter()
-                .map(|c| (c.id, c.name, c.arguments))
-                .collect(),
-            finish: answer.finish.openai().to_string(),
-            usage: [usage.input, usage.cached_input, usage.output],
-        };
-        let Ok(bytes) = serde_json::to_vec(&cached) else {
-            return;
-        };
-        self.store.put(
-            recording.key,
-            bytes.into(),
-            self.settings.ttl,
-            Instant::now(),
-        );
-        self.gauges();
+        if let Some((key, value)) = self.entry(outcome, held) {
+            store.put(key, value.into(), self.settings.ttl, Instant::now());
+            self.metrics.cache_bytes.set(store.bytes() as i64);
+            self.metrics.cache_entries.set(store.entries() as i64);
+        }
     }
 }
 

@@ -46,13 +46,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::any::Any;
 use std::sync::Arc;
-use tollgate_plugins::cache::MemoryStore;
 use tollgate_plugins::ledger::Ledger;
 use tollgate_plugins::limits::Limiter;
 use tollgate_plugins::Settlement;
 
 pub use access_log::AccessLogPlugin;
-pub use cache::CachePlugin;
+pub use cache::{CachePlugin, CacheStore};
 pub use extensions::{Extensions, PluginFactory};
 pub use ledger::LedgerPlugin;
 pub use limits::LimitsPlugin;
@@ -297,7 +296,7 @@ pub struct Engines {
     pub limiter: Arc<Limiter>,
     pub ledger: Option<Arc<Ledger>>,
     /// The answer cache's store, when the config at startup had one.
-    pub cache: Option<Arc<MemoryStore>>,
+    pub cache: Option<CacheStore>,
     /// The plugins a custom build adds.
     pub extensions: Extensions,
 }

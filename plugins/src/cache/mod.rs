@@ -7,7 +7,9 @@
 //! whole request for the same prompt share an entry.
 
 mod memory;
+mod redis;
 
+pub use self::redis::{RedisStore, StoreError};
 pub use memory::MemoryStore;
 
 use serde_json::Value;

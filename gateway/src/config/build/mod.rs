@@ -191,7 +191,7 @@ pub fn build(
     let cache = file
         .plugins
         .cache
-        .map(|c| build_cache(&cx, c))
+        .map(|c| build_cache(&cx, c, shared_state.is_some()))
         .transpose()?;
     let mut teams = HashMap::new();
     for (name, team) in file.teams {

@@ -155,7 +155,11 @@ const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
 /// The in-memory store's bound unless the config says.
 const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
-pub(super) fn build_cache(cx: &Ctx, c: CacheSection) -> Result<CacheSettings, ConfigError> {
+pub(super) fn build_cache(
+    cx: &Ctx,
+    c: CacheSection,
+    has_shared_state: bool,
+) -> Result<CacheSettings, ConfigError> {
     match c.mode.as_deref() {
         None | Some("exact") => {}
         Some(_) => {
@@ -165,15 +169,17 @@ pub(super) fn build_cache(cx: &Ctx, c: CacheSection) -> Result<CacheSettings, Co
             ))
         }
     }
-    match c.store.as_deref() {
-        None | Some("memory") => {}
-        Some(_) => {
+    let shared = match c.store.as_deref() {
+        None | Some("memory") => false,
+        Some("redis") if has_shared_state => true,
+        Some("redis") => {
             return Err(cx.err(
                 "plugins.cache.store",
-                "expected memory (a Redis store is not in this build yet)",
+                "redis needs plugins.shared_state.redis",
             ))
         }
-    }
+        Some(_) => return Err(cx.err("plugins.cache.store", "expected memory or redis")),
+    };
     let scope = match c.scope.as_deref() {
         None | Some("team") => CacheScope::Team,
         Some("key") => CacheScope::Key,
@@ -198,5 +204,6 @@ pub(super) fn build_cache(cx: &Ctx, c: CacheSection) -> Result<CacheSettings, Co
         ttl,
         max_bytes,
         scope,
+        shared,
     })
 }
