@@ -9,7 +9,7 @@ use crate::health::HealthChecker;
 use crate::idle::IdleDeadline;
 use crate::ledger::LedgerCloser;
 use crate::metrics::Metrics;
-use crate::pipeline::{CacheStore, Engines, Extensions, Pipelines};
+use crate::pipeline::{CacheEngine, CacheStore, Engines, Extensions, Flights, Pipelines};
 use crate::proxy::Gateway;
 use crate::router::Strategy;
 use crate::scrape::LoadScraper;
@@ -125,7 +125,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime, extensions: Extensions) -> Re
     let h2c = settings.h2c;
     let client_idle_timeout = settings.client_idle_timeout;
     // Lives as long as the process, across reloads, like the ledger.
-    let cache_store = match (runtime.cache, &runtime.shared_state) {
+    let cache = match (runtime.cache, &runtime.shared_state) {
         (Some(c), Some(shared)) if c.shared => Some(CacheStore::Redis(Arc::new(
             RedisStore::new(shared.redis.expose(), shared.timeout)
                 .map_err(|e| format!("cannot start: {e}"))?,
@@ -134,7 +134,11 @@ pub fn run(config_path: PathBuf, runtime: Runtime, extensions: Extensions) -> Re
             c.max_bytes.try_into().unwrap_or(usize::MAX),
         )))),
         (None, _) => None,
-    };
+    }
+    .map(|store| CacheEngine {
+        store,
+        flights: Arc::new(Flights::default()),
+    });
     let ledger = match &runtime.ledger {
         Some(config) => {
             let ledger = Ledger::open(config.clone()).map_err(|e| format!("cannot start: {e}"))?;
@@ -161,7 +165,7 @@ pub fn run(config_path: PathBuf, runtime: Runtime, extensions: Extensions) -> Re
         metrics: metrics.clone(),
         limiter: limiter.clone(),
         ledger: ledger.clone(),
-        cache: cache_store,
+        cache,
         extensions: extensions.clone(),
     });
     let gateway = Gateway::new(runtime.clone(), connector, pipelines, drain.clone());

@@ -365,3 +365,73 @@ async fn two_gateways_share_one_cache_in_redis_and_work_on_without_it() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_identical_streams_in_flight_cost_one_upstream_call() {
+    // Slow enough that every request arrives while the first is still streaming.
+    let mock = Mock::start(&["--completion-tokens", "20", "--tokens-per-sec", "20"]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - name: m\n    targets: [{{ provider: up, model: gpt-4o }}]\n\
+         plugins:\n  cache: {{ scope: global }}\n",
+        provider("up", &mock.url())
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let requests = (0..100).map(|_| {
+        let request = client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("Tell me a long story", true))
+            .send();
+        async move {
+            let resp = request.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let result = cache_header(&resp);
+            (result, resp.text().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    assert_eq!(mock.requests().await.len(), 1, "one upstream call");
+    let count = |result: &str| answers.iter().filter(|(r, _)| r == result).count();
+    assert_eq!(count("miss"), 1);
+    assert_eq!(count("coalesced") + count("hit"), 99);
+    assert!(count("coalesced") > 0);
+    // Every client got the whole stream, the same one.
+    let first = &answers[0].1;
+    assert!(first.ends_with("data: [DONE]\n\n"), "{first}");
+    for (_, body) in &answers {
+        assert_eq!(events(body), events(first));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_fails_releases_its_waiters_to_try_on_their_own() {
+    use crate::scripted::{send, Scripted, Step};
+    let failing = Scripted::start(vec![
+        Step::Sleep(Duration::from_millis(400)),
+        send("HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"),
+    ]);
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  - name: m\n    retry: {{ attempts: 1 }}\n    targets: [{{ provider: up, model: gpt-4o }}]\n\
+         plugins:\n  cache: {{ scope: global }}\n",
+        provider("up", &failing.url())
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let requests = (0..5).map(|_| {
+        let request = client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("Will this fail?", false))
+            .send();
+        async move {
+            let resp = request.await.unwrap();
+            (resp.status().as_u16(), cache_header(&resp))
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    for (status, result) in &answers {
+        assert!(*status >= 500, "{answers:?}");
+        assert_ne!(result, "coalesced", "{answers:?}");
+    }
+    // The leader's call, and each waiter's own once the leader failed.
+    assert_eq!(failing.requests(), 5, "{answers:?}");
+}

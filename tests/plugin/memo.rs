@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate::error::GatewayError;
 use tollgate::pipeline::{
-    Answer, ChunkStep, Held, Phases, Plugin, PluginFactory, Request, Verdict,
+    Answer, AnswerBody, ChunkStep, Held, Phases, Plugin, PluginFactory, Request, Verdict,
 };
 use tollgate::providers::Operation;
 
@@ -169,7 +169,7 @@ fn remembered(model: &str, text: &str, stream: bool) -> Answer {
         return Answer {
             status: 200,
             content_type: "text/event-stream",
-            body: Bytes::from(format!("data: {chunk}\n\ndata: [DONE]\n\n")),
+            body: AnswerBody::Whole(Bytes::from(format!("data: {chunk}\n\ndata: [DONE]\n\n"))),
             usage: None,
         };
     }
@@ -179,7 +179,7 @@ fn remembered(model: &str, text: &str, stream: bool) -> Answer {
     Answer {
         status: 200,
         content_type: "application/json",
-        body: Bytes::from(body.to_string()),
+        body: AnswerBody::Whole(Bytes::from(body.to_string())),
         usage: None,
     }
 }

@@ -87,6 +87,8 @@ pub struct CacheSection {
     pub store: Option<String>,
     /// Who shares entries: key | team | project | global.
     pub scope: Option<String>,
+    /// Identical requests in flight share one upstream call.
+    pub coalesce: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -167,6 +167,8 @@ pub struct CacheSettings {
     pub scope: CacheScope,
     /// Where entries live: this process's memory, or Redis for every replica.
     pub shared: bool,
+    /// Identical requests in flight share one upstream call.
+    pub coalesce: bool,
 }
 
 /// Who shares cache entries: tenants never share them.

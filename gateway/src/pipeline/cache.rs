@@ -4,7 +4,8 @@
 //! the answer is watched as it leaves and, once complete and successful, read back into the
 //! gateway's chat model and stored with the usage the request was metered at.
 
-use super::{Answer, CacheResult, Held, Phases, Plugin, Request, Verdict};
+use super::coalesce::{Flight, Flights, Role};
+use super::{Answer, AnswerBody, CacheResult, Held, Phases, Plugin, Request, Verdict};
 use crate::config::runtime::{CacheScope, CacheSettings, Key};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -27,8 +28,16 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 pub struct CachePlugin {
     store: CacheStore,
+    flights: Arc<Flights>,
     metrics: Arc<Metrics>,
     settings: CacheSettings,
+}
+
+/// What the cache keeps for the life of the process: its store and the requests in flight.
+#[derive(Clone)]
+pub struct CacheEngine {
+    pub store: CacheStore,
+    pub flights: Arc<Flights>,
 }
 
 /// Where the entries live; made once per process.
@@ -60,14 +69,59 @@ struct Recording {
     answer: BytesMut,
     complete: bool,
     too_large: bool,
+    /// The flight this request leads, until it lands.
+    flight: Option<(Arc<Flights>, Arc<Flight>)>,
+}
+
+impl Recording {
+    fn land(&mut self, complete: bool) {
+        if let Some((flights, flight)) = self.flight.take() {
+            flights.land(&self.key, &flight, complete);
+        }
+    }
+}
+
+impl Drop for Recording {
+    /// However the request ended, its waiters are never left waiting.
+    fn drop(&mut self) {
+        self.land(false);
+    }
 }
 
 impl CachePlugin {
-    pub fn new(store: CacheStore, metrics: Arc<Metrics>, settings: CacheSettings) -> Self {
+    pub fn new(engine: CacheEngine, metrics: Arc<Metrics>, settings: CacheSettings) -> Self {
         CachePlugin {
-            store,
+            store: engine.store,
+            flights: engine.flights,
             metrics,
             settings,
+        }
+    }
+
+    /// Leads the flight for `key`, or joins it: `Err` with the joiner's answer.
+    async fn take_off(
+        &self,
+        key: CacheKey,
+        format: ClientFormat,
+        stream: bool,
+    ) -> Result<Option<(Arc<Flights>, Arc<Flight>)>, Answer> {
+        let led = |flight| Ok(Some((self.flights.clone(), flight)));
+        match self.flights.lead_or_join(key, format, stream) {
+            Role::Lead(flight) => led(flight),
+            Role::Alone => Ok(None),
+            Role::Join(waiting) => match waiting.joined().await {
+                Some(reader) => Err(Answer {
+                    status: 200,
+                    content_type: content_type(stream),
+                    body: AnswerBody::Stream(Box::new(reader)),
+                    usage: None,
+                }),
+                // The leader failed first: this request tries on its own, leading if it can.
+                None => match self.flights.lead_or_join(key, format, stream) {
+                    Role::Lead(flight) => led(flight),
+                    Role::Join(_) | Role::Alone => Ok(None),
+                },
+            },
         }
     }
 
@@ -204,6 +258,17 @@ impl Plugin for CachePlugin {
                 )));
             }
         }
+        let flight = if self.settings.coalesce && !no_cache {
+            match self.take_off(key, format, facts.head.stream).await {
+                Ok(flight) => flight,
+                Err(shared) => {
+                    self.count(request, CacheResult::Coalesced);
+                    return Ok(Verdict::Answer(shared));
+                }
+            }
+        } else {
+            None
+        };
         let result = if no_cache {
             CacheResult::Bypass
         } else {
@@ -217,14 +282,24 @@ impl Plugin for CachePlugin {
             answer: BytesMut::new(),
             complete: false,
             too_large: false,
+            flight,
         });
         Ok(Verdict::Continue)
     }
 
-    fn watch_chunk(&self, chunk: &Bytes, last: bool, held: &mut Held) {
+    fn watch_chunk(&self, status: u16, chunk: &Bytes, last: bool, held: &mut Held) {
         let Some(Some(recording)) = held.get::<Option<Recording>>() else {
             return;
         };
+        if status != 200 {
+            // An error is no answer to share: the waiters try on their own.
+            recording.land(false);
+        } else if let Some((_, flight)) = &recording.flight {
+            flight.push(chunk);
+            if last {
+                recording.land(true);
+            }
+        }
         if recording.answer.len() + chunk.len() > MAX_ANSWER_BYTES {
             recording.too_large = true;
             recording.answer = BytesMut::new();
@@ -391,13 +466,17 @@ fn render(cached: &Cached, format: ClientFormat, stream: bool, include_usage: bo
     };
     Answer {
         status: 200,
-        content_type: if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        },
-        body,
+        content_type: content_type(stream),
+        body: AnswerBody::Whole(body),
         usage: Some(usage),
+    }
+}
+
+fn content_type(stream: bool) -> &'static str {
+    if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
     }
 }
 
@@ -454,9 +533,13 @@ mod tests {
                     key: CacheKey([0; 32]),
                     format,
                     stream,
-                    answer: BytesMut::from(&rendered.body[..]),
+                    answer: match &rendered.body {
+                        AnswerBody::Whole(body) => BytesMut::from(&body[..]),
+                        AnswerBody::Stream(_) => panic!("a cached answer is whole"),
+                    },
                     complete: true,
                     too_large: false,
+                    flight: None,
                 };
                 let answer = read_answer(&recording)
                     .unwrap_or_else(|| panic!("{format:?} stream={stream}: unreadable"));
@@ -476,7 +559,10 @@ mod tests {
 
     #[test]
     fn a_stream_without_its_finish_or_with_an_error_is_not_an_answer() {
-        let full = render(&cached(), ClientFormat::OpenAi, true, false).body;
+        let AnswerBody::Whole(full) = render(&cached(), ClientFormat::OpenAi, true, false).body
+        else {
+            panic!("a cached answer is whole");
+        };
         let text = std::str::from_utf8(&full).unwrap();
         let cut = text.find("\"finish_reason\":\"tool_calls\"").unwrap();
         let cut = &text[..text[..cut].rfind("data: ").unwrap()];
@@ -489,6 +575,7 @@ mod tests {
                 answer: BytesMut::from(answer.as_bytes()),
                 complete: true,
                 too_large: false,
+                flight: None,
             };
             assert!(read_answer(&recording).is_none(), "{answer}");
         }

@@ -182,10 +182,13 @@ impl Plugin for LimitsPlugin {
     }
 }
 
-/// What the request used of its limits and budgets: a cached answer used no tokens and
-/// cost nothing (it still counted as a request).
+/// What the request used of its limits and budgets: a cached or shared answer used no
+/// tokens and cost nothing (it still counted as a request).
 fn actual(outcome: &Settlement<'_>) -> tollgate_plugins::limits::Demand {
-    if outcome.cache == CacheResult::Hit.as_str() {
+    let answered_without_upstream = [CacheResult::Hit, CacheResult::Coalesced]
+        .iter()
+        .any(|result| outcome.cache == result.as_str());
+    if answered_without_upstream {
         return Default::default();
     }
     quota::actual(outcome.metered)

@@ -28,6 +28,7 @@
 
 mod access_log;
 mod cache;
+mod coalesce;
 mod extensions;
 mod ledger;
 mod limits;
@@ -51,7 +52,8 @@ use tollgate_plugins::limits::Limiter;
 use tollgate_plugins::Settlement;
 
 pub use access_log::AccessLogPlugin;
-pub use cache::{CachePlugin, CacheStore};
+pub use cache::{CacheEngine, CachePlugin, CacheStore};
+pub use coalesce::Flights;
 pub use extensions::{Extensions, PluginFactory};
 pub use ledger::LedgerPlugin;
 pub use limits::LimitsPlugin;
@@ -64,13 +66,27 @@ pub enum Verdict {
     Answer(Answer),
 }
 
-/// A whole answer a plugin gives instead of an upstream's.
+/// An answer a plugin gives instead of an upstream's.
 pub struct Answer {
     pub status: u16,
     pub content_type: &'static str,
-    pub body: Bytes,
+    pub body: AnswerBody,
     /// The tokens the answer stands for, billed at no cost (a cached answer's).
     pub usage: Option<Usage>,
+}
+
+pub enum AnswerBody {
+    Whole(Bytes),
+    /// Sent chunk by chunk as it comes; an error ends it with one error event in the
+    /// client's format.
+    Stream(Box<dyn AnswerStream>),
+}
+
+/// The chunks of an answer a plugin streams.
+#[async_trait]
+pub trait AnswerStream: Send {
+    /// The next chunk; `None` at the answer's end.
+    async fn next(&mut self) -> Option<Result<Bytes, GatewayError>>;
 }
 
 /// What `on_chunk` does with a chunk on its way to the client.
@@ -276,9 +292,9 @@ pub trait Plugin: Send + Sync {
         ChunkStep::Send(chunk)
     }
 
-    /// Each chunk of the answer as it leaves, after every `on_chunk`; `last` once the
-    /// answer is complete (a cut answer never sees it).
-    fn watch_chunk(&self, _chunk: &Bytes, _last: bool, _held: &mut Held) {}
+    /// Each chunk of the answer as it leaves, after every `on_chunk`, with the answer's
+    /// status; `last` once the answer is complete (a cut answer never sees it).
+    fn watch_chunk(&self, _status: u16, _chunk: &Bytes, _last: bool, _held: &mut Held) {}
 
     /// Once per request, after the last byte or the disconnect, for a plugin that must wait
     /// there (on Redis, say): `Phases::SETTLE_WAITS`.
@@ -295,8 +311,8 @@ pub struct Engines {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub ledger: Option<Arc<Ledger>>,
-    /// The answer cache's store, when the config at startup had one.
-    pub cache: Option<CacheStore>,
+    /// The answer cache's store and flights, when the config at startup had a cache.
+    pub cache: Option<CacheEngine>,
     /// The plugins a custom build adds.
     pub extensions: Extensions,
 }
@@ -317,9 +333,9 @@ impl Pipeline {
             engines.limiter.clone(),
             engines.metrics.clone(),
         ))];
-        if let (Some(store), Some(settings)) = (&engines.cache, rt.cache) {
+        if let (Some(engine), Some(settings)) = (&engines.cache, rt.cache) {
             plugins.push(Arc::new(CachePlugin::new(
-                store.clone(),
+                engine.clone(),
                 engines.metrics.clone(),
                 settings,
             )));
@@ -426,7 +442,13 @@ impl Pipeline {
 
     /// Runs `on_chunk` in order: each plugin sees what the one before let through. `None`
     /// unless a plugin ended the stream.
-    pub fn on_chunk(&self, mut chunk: Bytes, last: bool, held: &mut [Held]) -> (Bytes, bool) {
+    pub fn on_chunk(
+        &self,
+        status: u16,
+        mut chunk: Bytes,
+        last: bool,
+        held: &mut [Held],
+    ) -> (Bytes, bool) {
         let mut ended = false;
         for (plugin, held) in self.taking_part(Phases::CHUNK, held) {
             match plugin.on_chunk(chunk, last, held) {
@@ -440,7 +462,7 @@ impl Pipeline {
         }
         // An answer a plugin ended is not complete: watchers never see it end.
         for (plugin, held) in self.taking_part(Phases::WATCH, held) {
-            plugin.watch_chunk(&chunk, last && !ended, held);
+            plugin.watch_chunk(status, &chunk, last && !ended, held);
         }
         (chunk, ended)
     }

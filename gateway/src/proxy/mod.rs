@@ -354,9 +354,7 @@ impl Gateway {
                 counter.report(usage);
                 ctx.usage = Some(counter);
             }
-            return respond::answer(session, ctx, answer)
-                .await
-                .map_err(|_| GatewayError::ClientGone);
+            return respond::answer(session, ctx, answer).await;
         }
         let planned = plan::plan(session, rt, model, key.as_deref(), op, body, eligible).await?;
         ctx.stages

@@ -378,7 +378,7 @@ async fn relay_body(
         ctx.stages.add(filter.stage(), filtering.elapsed());
         let (data, ended) = match data {
             Some(data) => {
-                let (data, ended) = through_plugins(ctx, data, false);
+                let (data, ended) = through_plugins(ctx, status, data, false);
                 (Some(data), ended)
             }
             None => (None, false),
@@ -420,7 +420,7 @@ async fn relay_body(
     let tail = filter.finish();
     let tail = match tail {
         _ if plugins_see_chunks(ctx) => {
-            Some(through_plugins(ctx, tail.unwrap_or_default(), true).0)
+            Some(through_plugins(ctx, status, tail.unwrap_or_default(), true).0)
         }
         tail => tail,
     };
@@ -438,9 +438,11 @@ fn plugins_see_chunks(ctx: &RequestCtx) -> bool {
 }
 
 /// The plugins' chunk phase: what to send, and whether a plugin ended the answer there.
-fn through_plugins(ctx: &mut RequestCtx, chunk: Bytes, last: bool) -> (Bytes, bool) {
+fn through_plugins(ctx: &mut RequestCtx, status: u16, chunk: Bytes, last: bool) -> (Bytes, bool) {
     match &ctx.pipeline {
-        Some(pipeline) if pipeline.sees_chunks() => pipeline.on_chunk(chunk, last, &mut ctx.held),
+        Some(pipeline) if pipeline.sees_chunks() => {
+            pipeline.on_chunk(status, chunk, last, &mut ctx.held)
+        }
         _ => (chunk, false),
     }
 }
@@ -602,7 +604,7 @@ async fn relay_whole(
         };
         (status, rendered)
     };
-    let (bytes, _) = through_plugins(ctx, Bytes::from(json.to_string()), true);
+    let (bytes, _) = through_plugins(ctx, status, Bytes::from(json.to_string()), true);
     let resp = client_header(
         ctx,
         status,

@@ -2,7 +2,7 @@
 
 use super::RequestCtx;
 use crate::error::GatewayError;
-use crate::pipeline::Answer;
+use crate::pipeline::{Answer, AnswerBody};
 use crate::providers::ClientFormat;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -19,16 +19,56 @@ pub async fn json(
 }
 
 /// A plugin's answer in place of an upstream's.
-pub async fn answer(session: &mut Session, ctx: &mut RequestCtx, answer: Answer) -> Result<()> {
-    with_headers(
-        session,
-        ctx,
-        answer.status,
-        answer.content_type,
-        answer.body,
-        &[],
-    )
-    .await
+pub async fn answer(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    answer: Answer,
+) -> std::result::Result<(), GatewayError> {
+    let gone = |_| GatewayError::ClientGone;
+    let mut stream = match answer.body {
+        AnswerBody::Whole(body) => {
+            return with_headers(session, ctx, answer.status, answer.content_type, body, &[])
+                .await
+                .map_err(gone)
+        }
+        AnswerBody::Stream(stream) => stream,
+    };
+    let mut resp = ResponseHeader::build(answer.status, Some(4)).map_err(gone)?;
+    resp.insert_header("content-type", answer.content_type)
+        .map_err(gone)?;
+    resp.insert_header("transfer-encoding", "chunked")
+        .map_err(gone)?;
+    resp.insert_header("x-request-id", &ctx.request_id)
+        .map_err(gone)?;
+    for (name, value) in &ctx.marks.headers {
+        resp.insert_header(*name, value).map_err(gone)?;
+    }
+    session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(gone)?;
+    ctx.status = answer.status;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // The answer ends with one error event, as an upstream's broken stream does.
+                let event = match ctx.client {
+                    ClientFormat::OpenAi => e.sse_event(),
+                    ClientFormat::Anthropic => e.anthropic_sse_event(),
+                };
+                return session
+                    .write_response_body(Some(event), true)
+                    .await
+                    .map_err(gone);
+            }
+        };
+        session
+            .write_response_body(Some(chunk), false)
+            .await
+            .map_err(gone)?;
+    }
+    session.write_response_body(None, true).await.map_err(gone)
 }
 
 async fn with_headers(

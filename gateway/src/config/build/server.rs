@@ -205,5 +205,6 @@ pub(super) fn build_cache(
         max_bytes,
         scope,
         shared,
+        coalesce: c.coalesce.unwrap_or(true),
     })
 }
