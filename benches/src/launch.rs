@@ -57,10 +57,11 @@ pub struct Gateway {
     pub admin: SocketAddr,
 }
 
-/// Starts Tollgate (child `tollgate`) with `threads` workers and `body`: the config after
-/// its `server:` section.
+/// Starts Tollgate (child `name`, its config in `name.yaml`) with `threads` workers and
+/// `body`: the config after its `server:` section.
 pub fn tollgate(
     procs: &mut Procs,
+    name: &'static str,
     bin: &Path,
     threads: u16,
     body: &str,
@@ -69,7 +70,7 @@ pub fn tollgate(
         listen: local(free_port()?),
         admin: local(free_port()?),
     };
-    let config = procs.dir().join("tollgate.yaml");
+    let config = procs.dir().join(format!("{name}.yaml"));
     fs::write(
         &config,
         format!(
@@ -81,8 +82,8 @@ pub fn tollgate(
     let config = config
         .to_str()
         .ok_or("the scratch folder's path is not UTF-8")?;
-    procs.spawn("tollgate", bin, &["serve", "--config", config])?;
-    procs.wait_until("tollgate", START_TIMEOUT, || {
+    procs.spawn(name, bin, &["serve", "--config", config])?;
+    procs.wait_until(name, START_TIMEOUT, || {
         get_is_ok(gateway.admin, "/healthz").then_some(())
     })?;
     Ok(gateway)
@@ -114,6 +115,14 @@ plugins:
     )
 }
 
+/// `everything_on`'s config with the answer cache on too, one tenant, and a ledger of its
+/// own.
+pub fn with_cache(everything_on: &str) -> String {
+    everything_on
+        .replacen("plugins:\n", "plugins:\n  cache: { scope: global }\n", 1)
+        .replacen("usage.db", "usage-cache.db", 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +138,13 @@ mod tests {
         assert!(yaml.contains("base_url: \"http://127.0.0.1:7070\""));
         assert!(yaml.contains("- name: bench-model"));
         assert!(yaml.contains("model: mock-gpt }]"));
+    }
+
+    #[test]
+    fn with_cache_adds_the_cache_to_the_plugins() {
+        let procs = Procs::new().unwrap();
+        let yaml = with_cache(&everything_on(&procs, local(7070)));
+        assert!(yaml.contains("plugins:\n  cache: { scope: global }\n  ledger:"));
     }
 
     #[test]

@@ -29,11 +29,12 @@ fn proxy_bench_prints_both_phases_and_the_goals() {
             "1",
             "--connections",
             "2",
+            "--cache",
         ],
     );
     assert!(out.contains("closed loop"), "{out}");
     assert!(out.contains("open loop at"), "{out}");
-    for path in ["direct", "bare", "tollgate"] {
+    for path in ["direct", "bare", "tollgate", "tollgate+cache"] {
         assert!(
             out.lines().any(|l| l.starts_with(path)),
             "no {path} row:\n{out}"

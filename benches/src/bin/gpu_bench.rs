@@ -273,7 +273,7 @@ fn start(
     let servers = (0..replicas)
         .map(|i| launch::mock(procs, &format!("gpu{i}"), mock, &flags))
         .collect::<Result<Vec<_>, _>>()?;
-    let gateway = launch::tollgate(procs, tollgate, 2, &routing.config(&servers))?;
+    let gateway = launch::tollgate(procs, "tollgate", tollgate, 2, &routing.config(&servers))?;
     // A first scrape of every server before the load starts.
     std::thread::sleep(Duration::from_millis(300));
     Ok(gateway.listen)

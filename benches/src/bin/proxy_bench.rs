@@ -70,6 +70,10 @@ struct Cli {
     /// Also measure these proxies, when installed (repeatable).
     #[arg(long = "with", value_enum)]
     peers: Vec<Peer>,
+    /// Also measure Tollgate with the answer cache on (`tollgate+cache`): after the warm-up
+    /// every request is a hit.
+    #[arg(long)]
+    cache: bool,
     /// Also print a one-line JSON summary.
     #[arg(long)]
     json: bool,
@@ -297,7 +301,7 @@ fn start(
     })?;
 
     let body = launch::everything_on(procs, direct);
-    let gateway = launch::tollgate(procs, tollgate, cli.threads, &body)?;
+    let gateway = launch::tollgate(procs, "tollgate", tollgate, cli.threads, &body)?;
     let mut targets = vec![
         Target {
             name: "direct",
@@ -315,6 +319,20 @@ fn start(
             model: PUBLIC_MODEL,
         },
     ];
+    if cli.cache {
+        let cached = launch::tollgate(
+            procs,
+            "tollgate-cache",
+            tollgate,
+            cli.threads,
+            &launch::with_cache(&body),
+        )?;
+        targets.push(Target {
+            name: "tollgate+cache",
+            addr: cached.listen,
+            model: PUBLIC_MODEL,
+        });
+    }
     for peer in &cli.peers {
         let addr = peer.start(procs, direct, cli.threads)?;
         targets.push(Target {

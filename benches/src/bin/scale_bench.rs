@@ -140,7 +140,7 @@ fn start(procs: &mut Procs, threads: u16) -> Result<Started, String> {
     let [tollgate, mock] = launch::binaries(["tollgate", "tollgate-mock"])?;
     let mock = launch::mock(procs, "mock", &mock, &["--kind", "openai", "--no-record"])?;
     let body = launch::everything_on(procs, mock);
-    let gateway = launch::tollgate(procs, &tollgate, threads, &body)?;
+    let gateway = launch::tollgate(procs, "tollgate", &tollgate, threads, &body)?;
     Ok(Started {
         gateway: gateway.listen,
         gateway_pid: procs.pid("tollgate").ok_or("tollgate has no process id")?,
