@@ -32,15 +32,29 @@ impl CacheKey {
         for field in IGNORED_FIELDS {
             fields.remove(field);
         }
-        // serde_json's map is ordered by key: the canonical form is its serialization.
-        let canonical = serde_json::to_vec(&fields).ok()?;
-        let mut hash = Sha256::new();
+        let mut hash = Hashing(Sha256::new());
         for part in [scope.as_bytes(), model.as_bytes()] {
-            hash.update((part.len() as u64).to_le_bytes());
-            hash.update(part);
+            hash.0.update((part.len() as u64).to_le_bytes());
+            hash.0.update(part);
         }
-        hash.update(&canonical);
-        Some(CacheKey(hash.finalize().into()))
+        // serde_json's map is ordered by key: the canonical form is its serialization,
+        // hashed as it is written rather than kept.
+        serde_json::to_writer(&mut hash, &fields).ok()?;
+        Some(CacheKey(hash.0.finalize().into()))
+    }
+}
+
+/// A writer that hashes what it is given.
+struct Hashing(Sha256);
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
